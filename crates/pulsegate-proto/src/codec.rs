@@ -1,0 +1,485 @@
+//! The two subprotocols: `pulsegate.v1.json` and `pulsegate.v1.msgpack`.
+//!
+//! Payloads (`data`) are carried internally as canonical JSON text, so a
+//! message published in either encoding can be delivered in either. The data
+//! frame of a message is encoded once per codec and shared by every
+//! subscriber using that codec ([`Codec::encode_msg`]).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::frame::{ClientFrame, Id, Position, ServerFrame};
+
+/// Subprotocol name of the JSON codec (text frames; the default).
+pub const JSON_PROTOCOL: &str = "pulsegate.v1.json";
+/// Subprotocol name of the MessagePack codec (binary frames).
+pub const MSGPACK_PROTOCOL: &str = "pulsegate.v1.msgpack";
+
+/// One of the two encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// JSON in text frames.
+    Json,
+    /// MessagePack maps in binary frames.
+    MsgPack,
+}
+
+/// Broad class of a decoding failure, for the metrics issue's
+/// `frame errors by kind` and for the error code sent back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeErrorKind {
+    /// Not JSON / not MessagePack at all, or not an object.
+    BadEncoding,
+    /// Unknown `op`.
+    UnknownOp,
+    /// Structurally valid but a field is missing or of the wrong type.
+    BadRequest,
+}
+
+/// A frame that could not be decoded; `id` is set when it could be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    /// Class of error.
+    pub kind: DecodeErrorKind,
+    /// The request id, when it could be read, for the error reply.
+    pub id: Option<Id>,
+    /// Explanation for the client.
+    pub message: String,
+}
+
+/// The loosely typed shape every client frame is read into first; the `op`
+/// decides which fields are required. Unknown fields are ignored so newer
+/// clients can talk to older servers.
+#[derive(Deserialize)]
+struct Wire<D> {
+    op: Option<String>,
+    #[serde(default)]
+    id: Option<Id>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    snapshot: Option<bool>,
+    #[serde(default)]
+    since: Option<std::collections::BTreeMap<String, Position>>,
+    #[serde(default)]
+    data: Option<D>,
+}
+
+impl Codec {
+    /// Picks the codec from the client's offered subprotocols, in the
+    /// client's order of preference; JSON when none of ours is offered.
+    pub fn negotiate<'a>(
+        offered: impl IntoIterator<Item = &'a str>,
+    ) -> (Codec, Option<&'static str>) {
+        for p in offered {
+            match p.trim() {
+                JSON_PROTOCOL => return (Codec::Json, Some(JSON_PROTOCOL)),
+                MSGPACK_PROTOCOL => return (Codec::MsgPack, Some(MSGPACK_PROTOCOL)),
+                _ => {}
+            }
+        }
+        (Codec::Json, None)
+    }
+
+    /// Metric label: `json` or `msgpack`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::MsgPack => "msgpack",
+        }
+    }
+
+    /// True when frames of this codec go in binary WebSocket frames.
+    pub fn is_binary(self) -> bool {
+        matches!(self, Codec::MsgPack)
+    }
+
+    /// Decodes one client frame.
+    pub fn decode(self, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+        match self {
+            Codec::Json => {
+                let wire: Wire<Box<RawValue>> = serde_json::from_slice(bytes).map_err(|e| {
+                    bad_encoding(
+                        if e.is_data() {
+                            format!("invalid frame: {e}")
+                        } else {
+                            format!("malformed JSON: {e}")
+                        },
+                        bytes_id_json(bytes),
+                    )
+                })?;
+                from_wire(wire, |raw| Ok(Bytes::copy_from_slice(raw.get().as_bytes())))
+            }
+            Codec::MsgPack => {
+                let wire: Wire<serde_json::Value> = rmp_serde::from_slice(bytes)
+                    .map_err(|e| bad_encoding(format!("malformed MessagePack: {e}"), None))?;
+                from_wire(wire, |v| {
+                    serde_json::to_vec(&v)
+                        .map(Bytes::from)
+                        .map_err(|e| e.to_string())
+                })
+            }
+        }
+    }
+
+    /// Encodes a control frame.
+    pub fn encode(self, frame: &ServerFrame) -> Bytes {
+        match self {
+            Codec::Json => {
+                Bytes::from(serde_json::to_vec(frame).expect("server frames always serialise"))
+            }
+            Codec::MsgPack => {
+                Bytes::from(rmp_serde::to_vec_named(frame).expect("server frames always serialise"))
+            }
+        }
+    }
+
+    /// Encodes the data frame of one message. Called once per message and
+    /// codec; the result is shared by all subscribers. `data` must be valid
+    /// JSON text (it was validated at ingress).
+    pub fn encode_msg(self, topic: &str, seq: u64, epoch: &str, ts: u64, data: &[u8]) -> Bytes {
+        match self {
+            Codec::Json => {
+                // Hand-assembled so the payload is copied once, never re-parsed.
+                let mut out = BytesMut::with_capacity(data.len() + topic.len() + epoch.len() + 80);
+                out.put_slice(b"{\"op\":\"msg\",\"topic\":");
+                write_json_str(&mut out, topic);
+                out.put_slice(b",\"seq\":");
+                out.put_slice(itoa::Buffer::new().format(seq).as_bytes());
+                out.put_slice(b",\"epoch\":");
+                write_json_str(&mut out, epoch);
+                out.put_slice(b",\"ts\":");
+                out.put_slice(itoa::Buffer::new().format(ts).as_bytes());
+                out.put_slice(b",\"data\":");
+                out.put_slice(data);
+                out.put_u8(b'}');
+                out.freeze()
+            }
+            Codec::MsgPack => {
+                #[derive(Serialize)]
+                struct Msg<'a> {
+                    op: &'static str,
+                    topic: &'a str,
+                    seq: u64,
+                    epoch: &'a str,
+                    ts: u64,
+                    data: serde_json::Value,
+                }
+                let data: serde_json::Value =
+                    serde_json::from_slice(data).unwrap_or(serde_json::Value::Null);
+                let msg = Msg {
+                    op: "msg",
+                    topic,
+                    seq,
+                    epoch,
+                    ts,
+                    data,
+                };
+                Bytes::from(rmp_serde::to_vec_named(&msg).expect("msg always serialises"))
+            }
+        }
+    }
+
+    /// Decodes a server frame (for clients and tests).
+    pub fn decode_server(self, bytes: &[u8]) -> Result<ServerFrame, String> {
+        match self {
+            Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Codec::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Encodes a client frame (for clients and tests). `Pub.data` must be JSON text.
+    pub fn encode_client(self, frame: &ClientFrame) -> Bytes {
+        let mut map = serde_json::Map::new();
+        let (op, id) = match frame {
+            ClientFrame::Sub {
+                id,
+                topic,
+                snapshot,
+                since,
+            } => {
+                map.insert("topic".into(), topic.clone().into());
+                if *snapshot {
+                    map.insert("snapshot".into(), true.into());
+                }
+                if !since.is_empty() {
+                    let s: serde_json::Map<String, serde_json::Value> = since
+                        .iter()
+                        .map(|(t, p)| (t.clone(), serde_json::to_value(p).expect("position")))
+                        .collect();
+                    map.insert("since".into(), s.into());
+                }
+                ("sub", id)
+            }
+            ClientFrame::Unsub { id, topic } => {
+                map.insert("topic".into(), topic.clone().into());
+                ("unsub", id)
+            }
+            ClientFrame::Pub { id, topic, data } => {
+                map.insert("topic".into(), topic.clone().into());
+                let v: serde_json::Value =
+                    serde_json::from_slice(data).unwrap_or(serde_json::Value::Null);
+                map.insert("data".into(), v);
+                ("pub", id)
+            }
+            ClientFrame::Ping { id } => ("ping", id),
+        };
+        map.insert("op".into(), op.into());
+        if let Some(id) = id {
+            map.insert("id".into(), serde_json::to_value(id).expect("id"));
+        }
+        let v = serde_json::Value::Object(map);
+        match self {
+            Codec::Json => Bytes::from(serde_json::to_vec(&v).expect("json")),
+            Codec::MsgPack => Bytes::from(rmp_serde::to_vec_named(&v).expect("msgpack")),
+        }
+    }
+}
+
+fn bad_encoding(message: String, id: Option<Id>) -> DecodeError {
+    DecodeError {
+        kind: DecodeErrorKind::BadEncoding,
+        id,
+        message,
+    }
+}
+
+/// Best effort: read `id` from a frame that failed to decode as a whole.
+fn bytes_id_json(bytes: &[u8]) -> Option<Id> {
+    #[derive(Deserialize)]
+    struct OnlyId {
+        id: Option<Id>,
+    }
+    serde_json::from_slice::<OnlyId>(bytes)
+        .ok()
+        .and_then(|o| o.id)
+}
+
+fn from_wire<D>(
+    wire: Wire<D>,
+    data_to_json: impl FnOnce(D) -> Result<Bytes, String>,
+) -> Result<ClientFrame, DecodeError> {
+    let id = wire.id;
+    let bad = |id: &Option<Id>, message: &str| DecodeError {
+        kind: DecodeErrorKind::BadRequest,
+        id: id.clone(),
+        message: message.to_string(),
+    };
+    let Some(op) = wire.op else {
+        return Err(bad(&id, "missing field `op`"));
+    };
+    match op.as_str() {
+        "sub" => {
+            let topic = wire.topic.ok_or_else(|| bad(&id, "sub needs `topic`"))?;
+            Ok(ClientFrame::Sub {
+                id,
+                topic,
+                snapshot: wire.snapshot.unwrap_or(false),
+                since: wire
+                    .since
+                    .map(|m| m.into_iter().collect())
+                    .unwrap_or_default(),
+            })
+        }
+        "unsub" => {
+            let topic = wire.topic.ok_or_else(|| bad(&id, "unsub needs `topic`"))?;
+            Ok(ClientFrame::Unsub { id, topic })
+        }
+        "pub" => {
+            let topic = wire.topic.ok_or_else(|| bad(&id, "pub needs `topic`"))?;
+            let data = wire.data.ok_or_else(|| bad(&id, "pub needs `data`"))?;
+            let data = data_to_json(data).map_err(|e| bad(&id, &format!("bad data: {e}")))?;
+            Ok(ClientFrame::Pub { id, topic, data })
+        }
+        "ping" => Ok(ClientFrame::Ping { id }),
+        other => Err(DecodeError {
+            kind: DecodeErrorKind::UnknownOp,
+            message: format!(
+                "unknown op `{}`",
+                other.chars().take(32).collect::<String>()
+            ),
+            id,
+        }),
+    }
+}
+
+fn write_json_str(out: &mut BytesMut, s: &str) {
+    // serde_json's escaping is correct for every input; topics and epochs are short.
+    let mut buf = Vec::with_capacity(s.len() + 2);
+    serde_json::to_writer(&mut buf, s).expect("string serialises");
+    out.put_slice(&buf);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{ErrorCode, Reply};
+
+    #[test]
+    fn negotiate_prefers_client_order() {
+        assert_eq!(Codec::negotiate([]).0, Codec::Json);
+        assert_eq!(
+            Codec::negotiate(["x", MSGPACK_PROTOCOL]),
+            (Codec::MsgPack, Some(MSGPACK_PROTOCOL))
+        );
+        assert_eq!(
+            Codec::negotiate([JSON_PROTOCOL, MSGPACK_PROTOCOL]).0,
+            Codec::Json
+        );
+    }
+
+    #[test]
+    fn decode_sub_with_since() {
+        let f = Codec::Json
+            .decode(br#"{"op":"sub","id":1,"topic":"site/+/power","snapshot":true,"since":{"site/a/power":{"epoch":"E","seq":41}}}"#)
+            .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Sub {
+                id: Some(Id::Num(1)),
+                topic: "site/+/power".into(),
+                snapshot: true,
+                since: vec![(
+                    "site/a/power".into(),
+                    Position {
+                        epoch: "E".into(),
+                        seq: 41
+                    }
+                )],
+            }
+        );
+    }
+
+    #[test]
+    fn decode_pub_keeps_raw_json() {
+        let f = Codec::Json
+            .decode(br#"{"op":"pub","id":"x","topic":"a/b","data":{"w": 1520}}"#)
+            .unwrap();
+        match f {
+            ClientFrame::Pub { id, topic, data } => {
+                assert_eq!(id, Some(Id::Str("x".into())));
+                assert_eq!(topic, "a/b");
+                assert_eq!(&data[..], br#"{"w": 1520}"#);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decode_errors() {
+        let e = Codec::Json.decode(b"{nope").unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
+        let e = Codec::Json.decode(br#"{"op":"fly","id":9}"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::UnknownOp);
+        assert_eq!(e.id, Some(Id::Num(9)));
+        let e = Codec::Json
+            .decode(br#"{"op":"pub","id":3,"topic":"a"}"#)
+            .unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::BadRequest);
+        assert_eq!(e.id, Some(Id::Num(3)));
+        let e = Codec::Json.decode(br#"[1,2]"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
+        let e = Codec::Json
+            .decode(br#"{"op":"sub","id":2,"topic":5}"#)
+            .unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
+        assert_eq!(e.id, Some(Id::Num(2)));
+        assert!(Codec::MsgPack.decode(&[0xc1]).is_err());
+    }
+
+    #[test]
+    fn msg_roundtrip_both_codecs() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let bytes = codec.encode_msg("a/\"b", 42, "E1", 7, br#"{"w":1520,"s":"x"}"#);
+            let f = codec.decode_server(&bytes).unwrap();
+            assert_eq!(
+                f,
+                ServerFrame::Msg {
+                    topic: "a/\"b".into(),
+                    seq: 42,
+                    epoch: "E1".into(),
+                    ts: 7,
+                    data: serde_json::json!({"w":1520,"s":"x"}),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn control_frames_roundtrip() {
+        let frames = [
+            ServerFrame::Ok(Reply {
+                id: Some(Id::Num(1)),
+                recovered: Some(vec!["a".into()]),
+                not_recovered: Some(vec![]),
+                ..Reply::default()
+            }),
+            ServerFrame::Error {
+                id: None,
+                code: ErrorCode::Limit,
+                message: "too many".into(),
+            },
+            ServerFrame::Pong {
+                id: Some(Id::Str("p".into())),
+                ts: 5,
+            },
+            ServerFrame::Welcome {
+                conn: "c1".into(),
+                node: "n".into(),
+                ping_interval_ms: 25000,
+            },
+        ];
+        for codec in [Codec::Json, Codec::MsgPack] {
+            for f in &frames {
+                let bytes = codec.encode(f);
+                assert_eq!(&codec.decode_server(&bytes).unwrap(), f, "{codec:?}");
+            }
+        }
+        let json = String::from_utf8(Codec::Json.encode(&frames[1]).to_vec()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"op":"error","code":"limit","message":"too many"}"#
+        );
+    }
+
+    #[test]
+    fn client_frames_roundtrip() {
+        let frames = [
+            ClientFrame::Sub {
+                id: Some(Id::Num(1)),
+                topic: "a/+".into(),
+                snapshot: true,
+                since: vec![(
+                    "a/b".into(),
+                    Position {
+                        epoch: "E".into(),
+                        seq: 3,
+                    },
+                )],
+            },
+            ClientFrame::Unsub {
+                id: None,
+                topic: "a/+".into(),
+            },
+            ClientFrame::Pub {
+                id: Some(Id::Num(2)),
+                topic: "a/b".into(),
+                data: Bytes::from_static(b"[1,2]"),
+            },
+            ClientFrame::Ping {
+                id: Some(Id::Num(3)),
+            },
+        ];
+        for codec in [Codec::Json, Codec::MsgPack] {
+            for f in &frames {
+                assert_eq!(
+                    &codec.decode(&codec.encode_client(f)).unwrap(),
+                    f,
+                    "{codec:?}"
+                );
+            }
+        }
+    }
+}
