@@ -1,1 +1,21 @@
-//! placeholder
+//! The hub of pulsegate: where a published message is stamped, retained and
+//! fanned out to subscriber queues. No sockets here — the server crate owns
+//! those — so every delivery rule can be tested directly.
+//!
+//! - [`message`]: a stamped message, encoded once per codec and shared.
+//! - [`outbox`]: one connection's bounded outbound queue and its slow-consumer policy.
+//! - [`hub`]: topic index, per-topic history and last value, subscribe/recover/publish.
+//! - [`backplane`]: the seam to other nodes; [`backplane::MemoryBackplane`] is the single-node default.
+#![warn(missing_docs)]
+
+pub mod backplane;
+pub mod hub;
+pub mod message;
+pub mod outbox;
+pub mod stats;
+
+pub use backplane::{Backplane, BackplaneError, MemoryBackplane};
+pub use hub::{Hub, HubConfig, HubError, SubscribeOutcome, TopicInfo};
+pub use message::{now_micros, Message};
+pub use outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, PushOutcome, SlowConsumerPolicy};
+pub use stats::{DropReason, HubStats};

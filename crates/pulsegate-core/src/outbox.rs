@@ -1,0 +1,396 @@
+//! One connection's outbound queue: bounded in messages and bytes, with the
+//! slow-consumer policy applied at the moment a publisher would overflow it.
+//!
+//! Publishers only ever take this queue's short mutex to push a frame; they
+//! never wait for the socket. The connection task drains the queue in
+//! batches and writes each batch with one vectored write. An idle
+//! connection's queue holds no allocation (`VecDeque::new` and a shrink
+//! after large bursts).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use pulsegate_proto::Codec;
+use tokio::sync::Notify;
+
+use crate::message::Message;
+use crate::stats::{DropReason, HubStats};
+
+/// What to do with a subscriber whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Close the connection (code 4000); the client recovers with `since`.
+    Disconnect,
+    /// Keep only the newest pending message per topic; the seq jump shows what was skipped.
+    Conflate,
+}
+
+/// Bounds of one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    /// Most queued frames.
+    pub max_messages: usize,
+    /// Most queued bytes.
+    pub max_bytes: usize,
+    /// Policy when a bound is hit.
+    pub policy: SlowConsumerPolicy,
+}
+
+/// Why the queue was closed; the connection task turns it into a close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Queue overflow under [`SlowConsumerPolicy::Disconnect`].
+    SlowConsumer,
+    /// Closed by an operator or by the server (shutdown).
+    Kicked,
+}
+
+/// A frame waiting to be written.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The encoded frame (text for JSON, binary for MessagePack).
+    pub frame: Bytes,
+    /// The topic for data frames (used by conflation); `None` for replies.
+    pub topic: Option<Arc<str>>,
+    /// Server ingress time of a data message (µs), 0 for replies; for the delivery-lag histogram.
+    pub ingress_ts: u64,
+}
+
+/// Result of pushing a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued.
+    Queued,
+    /// Queued, replacing an older pending message of the same topic.
+    Conflated,
+    /// Queued after dropping the oldest queued message (conflate policy, full queue).
+    DroppedOldest,
+    /// The queue overflowed and is now closed (disconnect policy).
+    Overflow,
+    /// The queue was already closed; the message was dropped.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+/// A connection's bounded outbound queue.
+#[derive(Debug)]
+pub struct Outbox {
+    id: u64,
+    codec: Codec,
+    limits: OutboxLimits,
+    state: Mutex<State>,
+    ready: Notify,
+    /// Frames written to the socket (updated by the connection task).
+    pub sent_frames: AtomicU64,
+}
+
+/// Capacity above which an emptied queue gives its memory back.
+const SHRINK_ABOVE: usize = 64;
+
+impl Outbox {
+    /// A queue for connection `id`, whose frames are encoded with `codec`.
+    pub fn new(id: u64, codec: Codec, limits: OutboxLimits) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            id,
+            codec,
+            limits,
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            sent_frames: AtomicU64::new(0),
+        })
+    }
+
+    /// Connection id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The codec of this connection.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Pushes a live message, applying the slow-consumer policy. Called by
+    /// the hub with the topic lock held: cost is one mutex and one
+    /// `Bytes` clone, plus a notify when the queue was empty.
+    pub fn push_msg(&self, msg: &Message, stats: &HubStats) -> PushOutcome {
+        let item = Outgoing {
+            frame: msg.frame(self.codec),
+            topic: Some(msg.topic.clone()),
+            ingress_ts: msg.ts,
+        };
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            stats.count_drop(DropReason::SlowConsumerClose, 1);
+            return PushOutcome::Closed;
+        }
+        let len = item.frame.len();
+        let over =
+            st.items.len() >= self.limits.max_messages || st.bytes + len > self.limits.max_bytes;
+        let mut outcome = PushOutcome::Queued;
+        if over {
+            match self.limits.policy {
+                SlowConsumerPolicy::Disconnect => {
+                    let dropped = st.items.iter().filter(|i| i.topic.is_some()).count() as u64 + 1;
+                    st.items.clear();
+                    st.bytes = 0;
+                    st.closed = Some(CloseReason::SlowConsumer);
+                    drop(st);
+                    stats.count_drop(DropReason::SlowConsumerClose, dropped);
+                    stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
+                    self.ready.notify_one();
+                    return PushOutcome::Overflow;
+                }
+                SlowConsumerPolicy::Conflate => {
+                    let same = st
+                        .items
+                        .iter()
+                        .rposition(|i| i.topic.as_deref() == Some(&*msg.topic));
+                    if let Some(pos) = same {
+                        let old = std::mem::replace(&mut st.items[pos], item);
+                        st.bytes = st.bytes - old.frame.len() + len;
+                        drop(st);
+                        stats.count_drop(DropReason::Conflated, 1);
+                        return PushOutcome::Conflated;
+                    }
+                    // No pending message of this topic: make room by dropping the oldest data frames.
+                    while st.items.len() >= self.limits.max_messages
+                        || (st.bytes + len > self.limits.max_bytes && !st.items.is_empty())
+                    {
+                        let Some(pos) = st.items.iter().position(|i| i.topic.is_some()) else {
+                            break;
+                        };
+                        let old = st.items.remove(pos).expect("position is in range");
+                        st.bytes -= old.frame.len();
+                        stats.count_drop(DropReason::QueueFull, 1);
+                        outcome = PushOutcome::DroppedOldest;
+                    }
+                }
+            }
+        }
+        let was_empty = st.items.is_empty();
+        st.bytes += len;
+        st.items.push_back(item);
+        drop(st);
+        stats.enqueued.fetch_add(1, Relaxed);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        outcome
+    }
+
+    /// Pushes a message that must not be dropped (replay after recovery,
+    /// snapshot): it may exceed the bounds by at most the history size.
+    pub fn push_msg_forced(&self, msg: &Message) {
+        self.push_raw(Outgoing {
+            frame: msg.frame(self.codec),
+            topic: Some(msg.topic.clone()),
+            ingress_ts: msg.ts,
+        });
+    }
+
+    /// Pushes a reply or other control frame of our protocol. Replies are
+    /// produced by the client's own requests, which the connection reads
+    /// one at a time, so they are bounded by the client's request rate; a
+    /// client that sends requests and never reads replies overflows the
+    /// byte bound and is closed as a slow consumer.
+    pub fn push_reply(&self, frame: Bytes) -> bool {
+        {
+            let st = self.state.lock();
+            if st.bytes > self.limits.max_bytes.saturating_mul(2) {
+                drop(st);
+                self.close(CloseReason::SlowConsumer);
+                return false;
+            }
+        }
+        self.push_raw(Outgoing {
+            frame,
+            topic: None,
+            ingress_ts: 0,
+        });
+        true
+    }
+
+    fn push_raw(&self, item: Outgoing) {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return;
+        }
+        let was_empty = st.items.is_empty();
+        st.bytes += item.frame.len();
+        st.items.push_back(item);
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Closes the queue: pending frames are discarded and the connection
+    /// task sees the reason on its next [`Outbox::take_batch`].
+    pub fn close(&self, reason: CloseReason) {
+        let mut st = self.state.lock();
+        if st.closed.is_none() {
+            st.closed = Some(reason);
+            st.items.clear();
+            st.bytes = 0;
+        }
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    /// Moves up to `max_frames` / about `max_bytes` queued frames into `out`
+    /// (which the caller reuses). Returns the close reason if the queue was closed.
+    pub fn take_batch(
+        &self,
+        out: &mut Vec<Outgoing>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Result<(), CloseReason> {
+        let mut st = self.state.lock();
+        if let Some(reason) = st.closed {
+            return Err(reason);
+        }
+        let mut bytes = 0;
+        while out.len() < max_frames && bytes < max_bytes {
+            let Some(item) = st.items.pop_front() else {
+                break;
+            };
+            bytes += item.frame.len();
+            out.push(item);
+        }
+        st.bytes -= bytes;
+        if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
+            st.items = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    /// True once the queue was closed (slow consumer, kicked).
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed.is_some()
+    }
+
+    /// Frames and bytes queued now.
+    pub fn depth(&self) -> (usize, usize) {
+        let st = self.state.lock();
+        (st.items.len(), st.bytes)
+    }
+
+    /// Waits until something was pushed (or the queue was closed) since the
+    /// last call. Call [`Outbox::take_batch`] before waiting again.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, seq: u64) -> Message {
+        Message::new(topic.into(), seq, "E".into(), 1, Bytes::from_static(b"1"))
+    }
+
+    fn outbox(max: usize, policy: SlowConsumerPolicy) -> Arc<Outbox> {
+        Outbox::new(
+            1,
+            Codec::Json,
+            OutboxLimits {
+                max_messages: max,
+                max_bytes: 1 << 20,
+                policy,
+            },
+        )
+    }
+
+    fn seqs(ob: &Outbox) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
+        out.iter()
+            .map(|o| {
+                let v: serde_json::Value = serde_json::from_slice(&o.frame).unwrap();
+                (
+                    v["topic"].as_str().unwrap().to_string(),
+                    v["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn disconnect_policy_closes_and_counts() {
+        let stats = HubStats::default();
+        let ob = outbox(2, SlowConsumerPolicy::Disconnect);
+        assert_eq!(ob.push_msg(&msg("a", 1), &stats), PushOutcome::Queued);
+        assert_eq!(ob.push_msg(&msg("a", 2), &stats), PushOutcome::Queued);
+        assert_eq!(ob.push_msg(&msg("a", 3), &stats), PushOutcome::Overflow);
+        assert_eq!(ob.push_msg(&msg("a", 4), &stats), PushOutcome::Closed);
+        assert_eq!(stats.drops(DropReason::SlowConsumerClose), 4);
+        assert_eq!(stats.slow_consumer_disconnects.load(Relaxed), 1);
+        let mut out = Vec::new();
+        assert_eq!(
+            ob.take_batch(&mut out, 10, 1000),
+            Err(CloseReason::SlowConsumer)
+        );
+    }
+
+    #[test]
+    fn conflate_keeps_newest_per_topic() {
+        let stats = HubStats::default();
+        let ob = outbox(2, SlowConsumerPolicy::Conflate);
+        ob.push_msg(&msg("a", 1), &stats);
+        ob.push_msg(&msg("b", 1), &stats);
+        assert_eq!(ob.push_msg(&msg("a", 2), &stats), PushOutcome::Conflated);
+        assert_eq!(ob.push_msg(&msg("a", 3), &stats), PushOutcome::Conflated);
+        assert_eq!(
+            ob.push_msg(&msg("c", 1), &stats),
+            PushOutcome::DroppedOldest
+        );
+        assert_eq!(seqs(&ob), vec![("b".into(), 1), ("c".into(), 1)]);
+        assert_eq!(stats.drops(DropReason::Conflated), 2);
+        assert_eq!(stats.drops(DropReason::QueueFull), 1);
+    }
+
+    #[test]
+    fn byte_bound_applies() {
+        let stats = HubStats::default();
+        let ob = Outbox::new(
+            1,
+            Codec::Json,
+            OutboxLimits {
+                max_messages: 100,
+                max_bytes: 100,
+                policy: SlowConsumerPolicy::Disconnect,
+            },
+        );
+        // each frame is ~50 bytes
+        ob.push_msg(&msg("a", 1), &stats);
+        assert_eq!(ob.push_msg(&msg("a", 2), &stats), PushOutcome::Overflow);
+    }
+
+    #[test]
+    fn batches_respect_limits_and_shrink() {
+        let stats = HubStats::default();
+        let ob = outbox(1000, SlowConsumerPolicy::Disconnect);
+        for s in 1..=200 {
+            ob.push_msg(&msg("a", s), &stats);
+        }
+        let mut out = Vec::new();
+        ob.take_batch(&mut out, 64, usize::MAX).unwrap();
+        assert_eq!(out.len(), 64);
+        out.clear();
+        ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(out.len(), 136);
+        assert_eq!(ob.depth(), (0, 0));
+        assert_eq!(ob.state.lock().items.capacity(), 0);
+    }
+}

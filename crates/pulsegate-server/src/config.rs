@@ -1,0 +1,1479 @@
+//! The one validated configuration tree of the gateway.
+//!
+//! Every tunable of pulsegate is a key in [`Config`], grouped into sections
+//! (`server`, `limits`, `heartbeat`, `delivery`, `history`, `tls`). Values come
+//! from four layers, lowest to highest precedence:
+//!
+//! 1. built-in defaults (the `Default` impls below);
+//! 2. a TOML file (`[section]` tables, `key = value`);
+//! 3. environment variables `PULSEGATE_<SECTION>__<KEY>`, e.g.
+//!    `PULSEGATE_SERVER__DRAIN_PERIOD=5s`;
+//! 4. command-line overrides given as dotted keys, e.g. `limits.max_connections`.
+//!
+//! Why so strict: a typo in a config key must never be silently ignored, so
+//! every struct denies unknown fields and [`ConfigError`] names the full dotted
+//! key and the exact place it came from (file, variable or override). After
+//! merging, [`Config::validate`] checks every bound, so code that receives a
+//! `Config` can trust it without re-checking.
+//!
+//! Value forms are the same in every layer: durations are humantime strings
+//! (`"250ms"`, `"5s"`, `"1m"`), sizes are plain integers of bytes, and list
+//! keys accept a TOML array or one comma-separated string (the only form an
+//! environment variable can carry).
+//!
+//! The doc comment on each key is the source of `docs/configuration.md` and
+//! `pulsegate.example.toml`; change them together.
+
+use std::fmt::{self, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::error::{Kind, OneOf};
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Prefix of every environment variable read as configuration.
+pub const ENV_PREFIX: &str = "PULSEGATE_";
+
+/// Separator between section and key in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Every config key as `section.key`, in documentation order.
+pub const KEYS: &[&str] = &[
+    "server.listen",
+    "server.allowed_origins",
+    "server.drain_period",
+    "server.handshake_timeout",
+    "server.node_name",
+    "server.write_timeout",
+    "limits.max_connections",
+    "limits.max_connections_per_ip",
+    "limits.max_message_bytes",
+    "limits.max_subscriptions_per_connection",
+    "limits.max_topic_length",
+    "limits.max_protocol_errors",
+    "heartbeat.ping_interval",
+    "heartbeat.pong_timeout",
+    "delivery.queue_max_messages",
+    "delivery.queue_max_bytes",
+    "delivery.slow_consumer",
+    "history.max_messages",
+    "history.max_age",
+    "history.max_topics",
+    "tls.cert",
+    "tls.key",
+];
+
+/// Largest allowed `limits.max_topic_length`: topic lengths travel as `u16`.
+pub const MAX_TOPIC_LENGTH_CEILING: usize = 65_535;
+
+// Metadata names of our own providers; `describe_origin` matches on them.
+const ENV_PROVIDER_NAME: &str = "environment variable";
+const OVERRIDE_PROVIDER_NAME: &str = "command-line override";
+
+/// The whole gateway configuration. Obtain one with [`Config::load`]; the
+/// result is already validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener, origin policy and connection lifecycle timeouts.
+    pub server: ServerConfig,
+    /// Hard bounds on connections, messages and subscriptions.
+    pub limits: LimitsConfig,
+    /// WebSocket ping/pong liveness checks.
+    pub heartbeat: HeartbeatConfig,
+    /// Per-connection outbound queue and what happens when it fills.
+    pub delivery: DeliveryConfig,
+    /// Per-topic history kept for resume and late joiners.
+    pub history: HistoryConfig,
+    /// TLS certificate and key; plain TCP when both are unset.
+    pub tls: TlsConfig,
+}
+
+/// `[server]`: listener, origin policy and connection lifecycle timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to accept WebSocket and HTTP connections on, as
+    /// `IP:port` (`0.0.0.0:8080`, `[::]:8080`); host names are not resolved.
+    /// Default `127.0.0.1:8080`: reachable from this machine only.
+    pub listen: SocketAddr,
+    /// Browser `Origin`s allowed to open a WebSocket, besides same-origin
+    /// requests (Origin host equal to the `Host` header), written as
+    /// `scheme://host[:port]` without a trailing slash. Requests without an
+    /// `Origin` header (non-browser clients) are not affected. `"*"` allows
+    /// every origin, which is unsafe: any web page a user visits can then
+    /// connect with that user's cookies and network position. Default: empty
+    /// (same-origin only).
+    #[serde(deserialize_with = "list_or_comma_string")]
+    pub allowed_origins: Vec<String>,
+    /// On shutdown, how long open connections get to finish (receive a close
+    /// frame and flush their queues) before they are dropped. `0s` closes
+    /// immediately. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub drain_period: Duration,
+    /// Longest time from TCP accept (including the TLS handshake) to a
+    /// completed WebSocket upgrade; slower clients are disconnected.
+    /// Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Name of this node in logs, metrics and cluster messages. Unset means the
+    /// host name is used, resolved at startup. Default: unset.
+    pub node_name: Option<String>,
+    /// A socket write that makes no progress for this long closes the
+    /// connection as a slow consumer. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            allowed_origins: Vec::new(),
+            drain_period: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            node_name: None,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[limits]`: hard bounds on connections, messages and subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most WebSocket connections open at once on this node; further TCP
+    /// connections are refused until one closes. Default `10000`.
+    pub max_connections: usize,
+    /// Most connections open at once from one client IP address. Default `1000`.
+    pub max_connections_per_ip: usize,
+    /// Largest WebSocket message accepted, in bytes; a larger message closes
+    /// the connection with close code 1009 (message too big). Default `1048576`
+    /// (1 MiB).
+    pub max_message_bytes: usize,
+    /// Most topic patterns one connection may be subscribed to; a `subscribe`
+    /// beyond this is answered with an `error`. Default `1000`.
+    pub max_subscriptions_per_connection: usize,
+    /// Longest topic or pattern accepted, in bytes (at most 65535).
+    /// Default `256`.
+    pub max_topic_length: usize,
+    /// Malformed JSON or an unknown `op` is answered with an `error` frame;
+    /// after this many such errors on one connection it is closed with close
+    /// code 1008 (policy violation). Default `10`.
+    pub max_protocol_errors: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_message_bytes: 1_048_576,
+            max_subscriptions_per_connection: 1_000,
+            max_topic_length: 256,
+            max_protocol_errors: 10,
+        }
+    }
+}
+
+/// `[heartbeat]`: WebSocket ping/pong liveness checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatConfig {
+    /// How often the server sends a WebSocket ping on an otherwise idle
+    /// connection. Keep it below the idle timeout of any proxy or load
+    /// balancer in front of pulsegate. Default `25s`.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long to wait for the pong answering a ping before the connection
+    /// is considered dead and closed. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[delivery]`: per-connection outbound queue and what happens when it fills.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Most messages waiting to be written to one connection. Default `1024`.
+    pub queue_max_messages: usize,
+    /// Most bytes of messages waiting to be written to one connection.
+    /// Default `1048576` (1 MiB).
+    pub queue_max_bytes: usize,
+    /// What happens when a connection's queue is full: `"disconnect"` closes
+    /// the connection as a slow consumer; `"conflate"` keeps only the newest
+    /// queued message per topic so the subscriber skips intermediate values.
+    /// Default `"disconnect"`.
+    pub slow_consumer: SlowConsumer,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            queue_max_messages: 1_024,
+            queue_max_bytes: 1_048_576,
+            slow_consumer: SlowConsumer::Disconnect,
+        }
+    }
+}
+
+/// What to do with a subscriber whose outbound queue is full
+/// (`delivery.slow_consumer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumer {
+    /// Close the connection; the client reconnects and resumes from history.
+    #[default]
+    Disconnect,
+    /// Keep only the newest queued message per topic.
+    Conflate,
+}
+
+impl SlowConsumer {
+    /// The spelling used in config files and environment variables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlowConsumer::Disconnect => "disconnect",
+            SlowConsumer::Conflate => "conflate",
+        }
+    }
+}
+
+impl fmt::Display for SlowConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[history]`: per-topic history kept for resume and late joiners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Most messages kept per topic; the oldest is evicted first.
+    /// Default `1000`.
+    pub max_messages: usize,
+    /// Messages older than this are evicted from history. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Most topics with history kept on this node; the least recently
+    /// published topic is evicted first. Default `100000`.
+    pub max_topics: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_messages: 1_000,
+            max_age: Duration::from_secs(5 * 60),
+            max_topics: 100_000,
+        }
+    }
+}
+
+/// `[tls]`: certificate and key; the listener speaks plain TCP when both are
+/// unset. Set both or neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first. Relative paths are
+    /// resolved against the working directory. Default: unset.
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1) matching `cert`.
+    /// Relative paths are resolved against the working directory.
+    /// Default: unset.
+    pub key: Option<PathBuf>,
+}
+
+/// Why configuration could not be loaded. Every message names the key (or
+/// file, or variable) at fault and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file given explicitly could not be opened.
+    #[error("cannot read config file {}: {reason}", .path.display())]
+    FileUnreadable {
+        /// The path as given.
+        path: PathBuf,
+        /// The operating system's reason.
+        reason: std::io::Error,
+    },
+    /// The TOML text itself is malformed.
+    #[error("invalid TOML {origin}: {message}")]
+    Syntax {
+        /// Where the text came from, e.g. `in file pulsegate.toml`.
+        origin: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key or section that does not exist.
+    #[error(
+        "unknown config {} `{key}` ({origin}); {}",
+        if .section.is_some() { "key" } else { "section or key" },
+        unknown_key_hint(.section.as_deref(), .known, .suggestion.as_deref())
+    )]
+    UnknownKey {
+        /// Full dotted key, e.g. `server.lisen`.
+        key: String,
+        /// Where it came from, e.g. `in env PULSEGATE_SERVER__LISEN`.
+        origin: String,
+        /// The section it was found in; `None` at the top level.
+        section: Option<String>,
+        /// The keys that do exist there.
+        known: Vec<&'static str>,
+        /// A likely intended key, if one is close.
+        suggestion: Option<String>,
+    },
+    /// A key whose value has the wrong type or form.
+    #[error("invalid value for config key `{key}` ({origin}): {reason}")]
+    InvalidValue {
+        /// Full dotted key.
+        key: String,
+        /// Where the value came from.
+        origin: String,
+        /// What was wrong and what is expected.
+        reason: String,
+    },
+    /// A well-formed value that breaks a rule checked by [`Config::validate`].
+    #[error("config key {key} {reason}{}", .origin.as_ref().map(|o| format!(" (set {o})")).unwrap_or_default())]
+    Invalid {
+        /// Full dotted key.
+        key: String,
+        /// The rule and the offending value, e.g. `must be > 0, got 0`.
+        reason: String,
+        /// Where the value came from, when known (not for defaults).
+        origin: Option<String>,
+    },
+    /// A `PULSEGATE_*__*` variable whose name has an empty section or key.
+    #[error(
+        "environment variable {name} does not name a config key: use \
+         PULSEGATE_<SECTION>__<KEY>, e.g. PULSEGATE_SERVER__LISTEN"
+    )]
+    MalformedEnvName {
+        /// The variable name as found.
+        name: String,
+    },
+    /// An override whose key is not `section.key`.
+    #[error(
+        "override `{key}` does not name a config key: use <section>.<key>, \
+         e.g. server.listen"
+    )]
+    MalformedOverride {
+        /// The key as given.
+        key: String,
+    },
+    /// Any other failure reported while merging sources.
+    #[error("invalid configuration ({origin}): {message}")]
+    Other {
+        /// Where it came from.
+        origin: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn unknown_key_hint(
+    section: Option<&str>,
+    known: &[&'static str],
+    suggestion: Option<&str>,
+) -> String {
+    let mut hint = match section {
+        Some(section) => format!("known keys in [{section}]: {}", known.join(", ")),
+        None => format!("known sections: {}", known.join(", ")),
+    };
+    if let Some(suggestion) = suggestion {
+        let _ = write!(hint, "; did you mean `{suggestion}`?");
+    }
+    hint
+}
+
+impl Config {
+    /// Loads the configuration: defaults < `file` < process environment
+    /// `PULSEGATE_*` < `overrides` (dotted key, value), then validates it.
+    ///
+    /// `file` must exist when given. Environment variables starting with
+    /// `PULSEGATE_` but without `__` (like `PULSEGATE_LOG`) are not config
+    /// keys and are ignored.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Config, ConfigError> {
+        // vars_os rather than vars: a non-UTF-8 variable elsewhere in the
+        // environment must not abort startup.
+        let env = std::env::vars_os().map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        });
+        Config::load_from(file, env, overrides)
+    }
+
+    /// As [`Config::load`], with the environment given explicitly as
+    /// `(name, value)` pairs; all pairs may be passed, non-`PULSEGATE_` ones
+    /// are skipped.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+
+        if let Some(path) = file {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    return Err(ConfigError::FileUnreadable {
+                        path: path.to_owned(),
+                        reason: std::io::Error::other("not a regular file"),
+                    })
+                }
+                Err(reason) => {
+                    return Err(ConfigError::FileUnreadable {
+                        path: path.to_owned(),
+                        reason,
+                    })
+                }
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+
+        let mut env_entries = Vec::new();
+        for (name, value) in env {
+            if let Some(entry) = env_entry(name, value)? {
+                env_entries.push(entry);
+            }
+        }
+        // Deterministic order, so that names differing only in case resolve
+        // the same way on every run.
+        env_entries.sort();
+        for entry in env_entries {
+            figment = figment.merge(entry);
+        }
+
+        for (key, value) in overrides {
+            if key.is_empty() || key.split('.').any(str::is_empty) {
+                return Err(ConfigError::MalformedOverride {
+                    key: (*key).to_owned(),
+                });
+            }
+            figment = figment.merge(KeyValue {
+                provider: OVERRIDE_PROVIDER_NAME,
+                origin_name: (*key).to_owned(),
+                key: key.to_ascii_lowercase(),
+                value: value.clone(),
+            });
+        }
+
+        extract_validated(&figment)
+    }
+
+    /// Parses and validates a TOML document alone (no environment, no
+    /// overrides). Missing keys take their defaults.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        extract_validated(&Figment::from(Toml::string(s)))
+    }
+
+    /// Checks every rule that the types alone do not: bounds are positive,
+    /// `tls.cert` and `tls.key` are set together and name existing files.
+    /// The first violation is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&str, u64); 10] = [
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip as u64,
+            ),
+            (
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes as u64,
+            ),
+            (
+                "limits.max_subscriptions_per_connection",
+                self.limits.max_subscriptions_per_connection as u64,
+            ),
+            (
+                "limits.max_topic_length",
+                self.limits.max_topic_length as u64,
+            ),
+            (
+                "limits.max_protocol_errors",
+                u64::from(self.limits.max_protocol_errors),
+            ),
+            (
+                "delivery.queue_max_messages",
+                self.delivery.queue_max_messages as u64,
+            ),
+            (
+                "delivery.queue_max_bytes",
+                self.delivery.queue_max_bytes as u64,
+            ),
+            ("history.max_messages", self.history.max_messages as u64),
+            ("history.max_topics", self.history.max_topics as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be > 0, got 0".into()));
+            }
+        }
+
+        if self.limits.max_topic_length > MAX_TOPIC_LENGTH_CEILING {
+            return Err(invalid(
+                "limits.max_topic_length",
+                format!(
+                    "must be <= {MAX_TOPIC_LENGTH_CEILING}, got {}",
+                    self.limits.max_topic_length
+                ),
+            ));
+        }
+
+        // drain_period may be zero (close at once); a zero timeout anywhere
+        // else would fail every connection.
+        let nonzero_durations = [
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("server.write_timeout", self.server.write_timeout),
+            ("heartbeat.ping_interval", self.heartbeat.ping_interval),
+            ("heartbeat.pong_timeout", self.heartbeat.pong_timeout),
+            ("history.max_age", self.history.max_age),
+        ];
+        for (key, value) in nonzero_durations {
+            if value.is_zero() {
+                return Err(invalid(key, "must be > 0, got 0s".into()));
+            }
+        }
+
+        for origin in &self.server.allowed_origins {
+            check_origin(origin)?;
+        }
+
+        if let Some(name) = &self.server.node_name {
+            if name.trim().is_empty() {
+                return Err(invalid(
+                    "server.node_name",
+                    "must not be empty; leave it unset to use the host name".into(),
+                ));
+            }
+        }
+
+        match (&self.tls.cert, &self.tls.key) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls.key",
+                    "must be set because tls.cert is set (set both or neither)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls.cert",
+                    "must be set because tls.key is set (set both or neither)".into(),
+                ))
+            }
+            (Some(cert), Some(key)) => {
+                check_readable_file("tls.cert", cert)?;
+                check_readable_file("tls.key", key)?;
+            }
+        }
+
+        Ok(())
+    }
+
+    /// Renders the effective configuration as TOML that [`Config::from_toml_str`]
+    /// reads back to an equal `Config` (used by `check-config --print`).
+    /// Unset optional keys are written as comments.
+    pub fn to_toml_string(&self) -> String {
+        let mut out = String::new();
+        let s = &self.server;
+        out.push_str("[server]\n");
+        line(&mut out, "listen", &toml_str(&s.listen.to_string()));
+        let origins: Vec<String> = s.allowed_origins.iter().map(|o| toml_str(o)).collect();
+        line(
+            &mut out,
+            "allowed_origins",
+            &format!("[{}]", origins.join(", ")),
+        );
+        line(&mut out, "drain_period", &toml_duration(s.drain_period));
+        line(
+            &mut out,
+            "handshake_timeout",
+            &toml_duration(s.handshake_timeout),
+        );
+        match &s.node_name {
+            Some(name) => line(&mut out, "node_name", &toml_str(name)),
+            None => out.push_str("# node_name is unset: the host name is used\n"),
+        }
+        line(&mut out, "write_timeout", &toml_duration(s.write_timeout));
+
+        let l = &self.limits;
+        out.push_str("\n[limits]\n");
+        line(&mut out, "max_connections", &l.max_connections.to_string());
+        line(
+            &mut out,
+            "max_connections_per_ip",
+            &l.max_connections_per_ip.to_string(),
+        );
+        line(
+            &mut out,
+            "max_message_bytes",
+            &l.max_message_bytes.to_string(),
+        );
+        line(
+            &mut out,
+            "max_subscriptions_per_connection",
+            &l.max_subscriptions_per_connection.to_string(),
+        );
+        line(
+            &mut out,
+            "max_topic_length",
+            &l.max_topic_length.to_string(),
+        );
+        line(
+            &mut out,
+            "max_protocol_errors",
+            &l.max_protocol_errors.to_string(),
+        );
+
+        let h = &self.heartbeat;
+        out.push_str("\n[heartbeat]\n");
+        line(&mut out, "ping_interval", &toml_duration(h.ping_interval));
+        line(&mut out, "pong_timeout", &toml_duration(h.pong_timeout));
+
+        let d = &self.delivery;
+        out.push_str("\n[delivery]\n");
+        line(
+            &mut out,
+            "queue_max_messages",
+            &d.queue_max_messages.to_string(),
+        );
+        line(&mut out, "queue_max_bytes", &d.queue_max_bytes.to_string());
+        line(
+            &mut out,
+            "slow_consumer",
+            &toml_str(d.slow_consumer.as_str()),
+        );
+
+        let hi = &self.history;
+        out.push_str("\n[history]\n");
+        line(&mut out, "max_messages", &hi.max_messages.to_string());
+        line(&mut out, "max_age", &toml_duration(hi.max_age));
+        line(&mut out, "max_topics", &hi.max_topics.to_string());
+
+        out.push_str("\n[tls]\n");
+        for (name, path) in [("cert", &self.tls.cert), ("key", &self.tls.key)] {
+            match path {
+                Some(path) => line(&mut out, name, &toml_str(&path.to_string_lossy())),
+                None => {
+                    let _ = writeln!(out, "# {name} is unset");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Extracts a `Config` from merged sources, translating figment's errors into
+/// [`ConfigError`]s that name the key and its origin, then validates it.
+fn extract_validated(figment: &Figment) -> Result<Config, ConfigError> {
+    // Lossy extraction lets numbers arrive as strings, which is the only form
+    // environment variables and overrides have; strings such as `node_name`
+    // stay strings even when they look like numbers.
+    let config: Config = figment
+        .extract_lossy()
+        .map_err(|err| from_figment(err, figment))?;
+    config.validate().map_err(|err| match err {
+        ConfigError::Invalid {
+            key,
+            reason,
+            origin: None,
+        } => {
+            let origin = figment.find_metadata(&key).map(describe_origin);
+            ConfigError::Invalid {
+                key,
+                reason,
+                origin,
+            }
+        }
+        other => other,
+    })?;
+    Ok(config)
+}
+
+fn invalid(key: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason,
+        origin: None,
+    }
+}
+
+fn check_origin(origin: &str) -> Result<(), ConfigError> {
+    if origin == "*" {
+        return Ok(());
+    }
+    // Browsers send `scheme://host[:port]`; anything with a path or trailing
+    // slash would never match, so refuse it instead of silently denying.
+    let well_formed = match origin.split_once("://") {
+        Some((scheme, rest)) => {
+            !scheme.is_empty()
+                && !rest.is_empty()
+                && !rest.contains(['/', '?', '#'])
+                && !origin.contains(char::is_whitespace)
+        }
+        None => false,
+    };
+    if well_formed {
+        Ok(())
+    } else {
+        Err(invalid(
+            "server.allowed_origins",
+            format!(
+                "entries must be \"*\" or scheme://host[:port] without a path or \
+                 trailing slash (e.g. https://app.example), got {origin:?}"
+            ),
+        ))
+    }
+}
+
+fn check_readable_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(invalid(
+            key,
+            format!("names {}, which is not a regular file", path.display()),
+        )),
+        Err(err) => Err(invalid(
+            key,
+            format!("names {}, which cannot be read: {err}", path.display()),
+        )),
+    }
+}
+
+/// Turns one environment variable into a config entry: `None` when it is not
+/// ours (no `PULSEGATE_` prefix, or no `__`, like `PULSEGATE_LOG`).
+fn env_entry(name: String, value: String) -> Result<Option<KeyValue>, ConfigError> {
+    let Some(prefix) = name.get(..ENV_PREFIX.len()) else {
+        return Ok(None);
+    };
+    if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+        return Ok(None);
+    }
+    let rest = &name[ENV_PREFIX.len()..];
+    if !rest.contains(ENV_SEPARATOR) {
+        return Ok(None);
+    }
+    let parts: Vec<&str> = rest.split(ENV_SEPARATOR).collect();
+    if parts.iter().any(|p| p.is_empty() || p.contains('.')) {
+        return Err(ConfigError::MalformedEnvName { name });
+    }
+    Ok(Some(KeyValue {
+        provider: ENV_PROVIDER_NAME,
+        key: parts.join(".").to_ascii_lowercase(),
+        origin_name: name,
+        value,
+    }))
+}
+
+/// One string value at a dotted key, from one environment variable or one
+/// override. Each is its own figment provider so that errors point at the
+/// exact variable or override that supplied the value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct KeyValue {
+    provider: &'static str,
+    /// Variable name or override key as the user wrote it.
+    origin_name: String,
+    /// Lowercase dotted key.
+    key: String,
+    value: String,
+}
+
+impl Provider for KeyValue {
+    fn metadata(&self) -> Metadata {
+        Metadata::from(self.provider, Source::Custom(self.origin_name.clone()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let nested = figment::util::nest(&self.key, Value::from(self.value.clone()));
+        let dict = nested
+            .into_dict()
+            .ok_or_else(|| figment::Error::from(format!("empty key for {}", self.origin_name)))?;
+        let mut map = Map::new();
+        map.insert(Profile::Default, dict);
+        Ok(map)
+    }
+}
+
+/// "in file x.toml", "in env PULSEGATE_X__Y", "in command-line override x.y".
+fn describe_origin(md: &Metadata) -> String {
+    match &md.source {
+        Some(Source::File(path)) => format!("in file {}", path.display()),
+        Some(Source::Custom(name)) if md.name == ENV_PROVIDER_NAME => format!("in env {name}"),
+        Some(Source::Custom(name)) if md.name == OVERRIDE_PROVIDER_NAME => {
+            format!("in command-line override {name}")
+        }
+        _ if md.name.contains("source string") => "in TOML text".to_owned(),
+        Some(source) => format!("in {} {source}", md.name),
+        None => format!("in {}", md.name),
+    }
+}
+
+fn from_figment(err: figment::Error, figment: &Figment) -> ConfigError {
+    // Deserialization stops at the first problem; when several providers
+    // failed to parse, the first one reported is enough to act on.
+    let err = err.into_iter().next().expect("an error holds at least one");
+    let origin = err
+        .metadata
+        .as_ref()
+        .map(describe_origin)
+        .unwrap_or_else(|| "in the configuration".to_owned());
+    let key = err.path.join(".");
+
+    if err.path.is_empty() {
+        return match err.kind {
+            Kind::Message(message) => ConfigError::Syntax { origin, message },
+            kind => ConfigError::Other {
+                origin,
+                message: kind.to_string(),
+            },
+        };
+    }
+
+    let reason = match err.kind {
+        Kind::UnknownField(field, known) => {
+            let section = (err.path.len() > 1).then(|| err.path[..err.path.len() - 1].join("."));
+            let suggestion = suggest(section.as_deref(), &field, known);
+            return ConfigError::UnknownKey {
+                key,
+                origin,
+                section,
+                known: known.to_vec(),
+                suggestion,
+            };
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!("expected {}, found `{found}`", OneOf(expected))
+        }
+        Kind::InvalidType(found, expected) | Kind::InvalidValue(found, expected) => {
+            format!("expected {}, found {found}", expected_form(&expected))
+        }
+        // Custom messages (e.g. from `FromStr` of a socket address) do not
+        // include the value, so look it up to show what was given.
+        Kind::Message(message) => {
+            let expected = match key.as_str() {
+                "server.listen" => "an IP address and port such as 127.0.0.1:8080 or [::]:8080",
+                _ => "a valid value",
+            };
+            match figment.find_value(&key) {
+                Ok(Value::String(_, found)) => {
+                    format!("expected {expected}, found {found:?} ({message})")
+                }
+                _ => message,
+            }
+        }
+        kind => kind.to_string(),
+    };
+    ConfigError::InvalidValue {
+        key,
+        origin,
+        reason,
+    }
+}
+
+fn expected_form(expected: &str) -> String {
+    match expected {
+        "a duration" => "a duration such as \"250ms\", \"5s\" or \"1m\"".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// A likely intended key for an unknown `field`: the same name in another
+/// section (`listen` at the top level means `server.listen`), or a known key
+/// within edit distance 2.
+fn suggest(section: Option<&str>, field: &str, known: &[&str]) -> Option<String> {
+    let prefix = section.map(|s| format!("{s}.")).unwrap_or_default();
+    if let Some(close) = known.iter().find(|k| edit_distance(k, field) <= 2) {
+        return Some(format!("{prefix}{close}"));
+    }
+    KEYS.iter()
+        .find(|k| k.rsplit('.').next() == Some(field))
+        .map(|k| (*k).to_owned())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Accepts a list either as a TOML array or as one comma-separated string
+/// (`"https://a.example, https://b.example"`), the only form environment
+/// variables and overrides can carry. Blank items are dropped.
+fn list_or_comma_string<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct ListVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for ListVisitor {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of strings or a comma-separated string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+
+    deserializer.deserialize_any(ListVisitor)
+}
+
+fn line(out: &mut String, key: &str, value: &str) {
+    let _ = writeln!(out, "{key} = {value}");
+}
+
+fn toml_duration(d: Duration) -> String {
+    toml_str(&humantime::format_duration(d).to_string())
+}
+
+/// A TOML basic string with the escapes the TOML spec requires.
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A file under the temp dir with a unique name, removed on drop even when
+    /// the test fails.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(suffix: &str, contents: &str) -> TempFile {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let name = format!(
+                "pulsegate-config-test-{}-{}-{suffix}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let path = std::env::temp_dir().join(name);
+            std::fs::write(&path, contents).expect("write temp file");
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert!(c.server.allowed_origins.is_empty());
+        assert_eq!(c.server.drain_period, Duration::from_secs(30));
+        assert_eq!(c.server.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.node_name, None);
+        assert_eq!(c.server.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_connections_per_ip, 1_000);
+        assert_eq!(c.limits.max_message_bytes, 1_048_576);
+        assert_eq!(c.limits.max_subscriptions_per_connection, 1_000);
+        assert_eq!(c.limits.max_topic_length, 256);
+        assert_eq!(c.limits.max_protocol_errors, 10);
+        assert_eq!(c.heartbeat.ping_interval, Duration::from_secs(25));
+        assert_eq!(c.heartbeat.pong_timeout, Duration::from_secs(10));
+        assert_eq!(c.delivery.queue_max_messages, 1_024);
+        assert_eq!(c.delivery.queue_max_bytes, 1_048_576);
+        assert_eq!(c.delivery.slow_consumer, SlowConsumer::Disconnect);
+        assert_eq!(c.history.max_messages, 1_000);
+        assert_eq!(c.history.max_age, Duration::from_secs(300));
+        assert_eq!(c.history.max_topics, 100_000);
+        assert_eq!(c.tls, TlsConfig::default());
+        c.validate().unwrap();
+
+        let loaded = Config::load_from(None, no_env(), &[]).unwrap();
+        assert_eq!(loaded, c);
+        assert_eq!(Config::from_toml_str("").unwrap(), c);
+    }
+
+    #[test]
+    fn toml_file_sets_keys_and_leaves_the_rest_default() {
+        let file = TempFile::new(
+            "pulsegate.toml",
+            r#"
+            [server]
+            listen = "0.0.0.0:9000"
+            allowed_origins = ["https://a.example", "https://b.example"]
+            node_name = "edge-1"
+
+            [limits]
+            max_connections = 5000
+
+            [delivery]
+            slow_consumer = "conflate"
+
+            [history]
+            max_age = "1m"
+            "#,
+        );
+        let c = Config::load_from(Some(&file.0), no_env(), &[]).unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(
+            c.server.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.server.node_name.as_deref(), Some("edge-1"));
+        assert_eq!(c.limits.max_connections, 5000);
+        assert_eq!(c.delivery.slow_consumer, SlowConsumer::Conflate);
+        assert_eq!(c.history.max_age, Duration::from_secs(60));
+        assert_eq!(c.limits.max_message_bytes, 1_048_576);
+        assert_eq!(c.heartbeat, HeartbeatConfig::default());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file = TempFile::new(
+            "pulsegate.toml",
+            "[server]\ndrain_period = \"1m\"\n[limits]\nmax_connections = 5000\n",
+        );
+        let c = Config::load_from(
+            Some(&file.0),
+            env(&[
+                ("PULSEGATE_SERVER__DRAIN_PERIOD", "5s"),
+                ("PULSEGATE_LIMITS__MAX_CONNECTIONS", "7000"),
+                ("PULSEGATE_SERVER__NODE_NAME", "1234"),
+                ("PATH", "/usr/bin"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.drain_period, Duration::from_secs(5));
+        assert_eq!(c.limits.max_connections, 7000);
+        // Looks like a number, stays a string.
+        assert_eq!(c.server.node_name.as_deref(), Some("1234"));
+    }
+
+    #[test]
+    fn overrides_win_over_env() {
+        let c = Config::load_from(
+            None,
+            env(&[("PULSEGATE_LIMITS__MAX_CONNECTIONS", "5000")]),
+            &[
+                ("limits.max_connections", "42".to_owned()),
+                ("server.listen", "[::1]:7000".to_owned()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections, 42);
+        assert_eq!(c.server.listen, "[::1]:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn list_from_env_is_comma_separated() {
+        let c = Config::load_from(
+            None,
+            env(&[(
+                "PULSEGATE_SERVER__ALLOWED_ORIGINS",
+                "https://a.example, https://b.example,",
+            )]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+
+        let c = Config::from_toml_str("[server]\nallowed_origins = \"*\"").unwrap();
+        assert_eq!(c.server.allowed_origins, ["*"]);
+    }
+
+    #[test]
+    fn durations_are_humantime_strings() {
+        let c = Config::from_toml_str(
+            "[server]\ndrain_period = \"5s\"\nwrite_timeout = \"250ms\"\n\
+             [heartbeat]\nping_interval = \"1m 30s\"",
+        )
+        .unwrap();
+        assert_eq!(c.server.drain_period, Duration::from_secs(5));
+        assert_eq!(c.server.write_timeout, Duration::from_millis(250));
+        assert_eq!(c.heartbeat.ping_interval, Duration::from_secs(90));
+
+        let err = Config::from_toml_str("[server]\ndrain_period = 5").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for config key `server.drain_period` (in TOML text): \
+             expected a duration such as \"250ms\", \"5s\" or \"1m\", found signed int `5`"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named_with_its_file() {
+        let file = TempFile::new("pulsegate.toml", "[server]\nlisen = \"0.0.0.0:80\"\n");
+        let err = Config::load_from(Some(&file.0), no_env(), &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("unknown config key `server.lisen` (in file "),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(file.0.file_name().unwrap().to_str().unwrap()),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with(
+                "known keys in [server]: listen, allowed_origins, drain_period, \
+                 handshake_timeout, node_name, write_timeout; did you mean `server.listen`?"
+            ),
+            "{msg}"
+        );
+        assert!(matches!(err, ConfigError::UnknownKey { ref key, .. } if key == "server.lisen"));
+    }
+
+    #[test]
+    fn unknown_section_and_misplaced_key_are_named() {
+        let err = Config::from_toml_str("listen = \"0.0.0.0:80\"").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown config section or key `listen` (in TOML text); known sections: \
+             server, limits, heartbeat, delivery, history, tls; did you mean `server.listen`?"
+        );
+    }
+
+    #[test]
+    fn unknown_env_key_is_rejected_and_plain_pulsegate_vars_are_ignored() {
+        let err = Config::load_from(
+            None,
+            env(&[("PULSEGATE_LOG", "debug"), ("PULSEGATE_SERVER__LISEN", "x")]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "unknown config key `server.lisen` (in env PULSEGATE_SERVER__LISEN); \
+                 known keys in [server]: listen,"
+            ),
+            "{err}"
+        );
+
+        let err =
+            Config::load_from(None, env(&[("PULSEGATE_LOG__LEVEL", "debug")]), &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unknown config section or key `log` (in env PULSEGATE_LOG__LEVEL)"),
+            "{err}"
+        );
+
+        let err = Config::load_from(None, env(&[("PULSEGATE_SERVER__", "x")]), &[]).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::MalformedEnvName { ref name } if name == "PULSEGATE_SERVER__")
+        );
+
+        Config::load_from(None, env(&[("PULSEGATE_LOG", "debug")]), &[]).unwrap();
+    }
+
+    #[test]
+    fn unknown_override_key_is_rejected() {
+        let err = Config::load_from(None, no_env(), &[("limits.max_conections", "1".into())])
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "unknown config key `limits.max_conections` \
+                 (in command-line override limits.max_conections)"
+            ),
+            "{err}"
+        );
+        let err = Config::load_from(None, no_env(), &[("limits.", "1".into())]).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::MalformedOverride { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_limit_is_rejected_naming_the_key() {
+        let mut c = Config::default();
+        c.limits.max_message_bytes = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "config key limits.max_message_bytes must be > 0, got 0"
+        );
+
+        let err = Config::load_from(
+            None,
+            env(&[("PULSEGATE_LIMITS__MAX_CONNECTIONS", "0")]),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key limits.max_connections must be > 0, got 0 \
+             (set in env PULSEGATE_LIMITS__MAX_CONNECTIONS)"
+        );
+
+        let err = Config::from_toml_str("[limits]\nmax_topic_length = 70000").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key limits.max_topic_length must be <= 65535, got 70000 (set in TOML text)"
+        );
+
+        let err = Config::from_toml_str("[heartbeat]\nping_interval = \"0s\"").unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("config key heartbeat.ping_interval must be > 0, got 0s"));
+    }
+
+    #[test]
+    fn wrongly_typed_number_is_named() {
+        let err = Config::load_from(
+            None,
+            env(&[("PULSEGATE_LIMITS__MAX_CONNECTIONS", "lots")]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "invalid value for config key `limits.max_connections` \
+                 (in env PULSEGATE_LIMITS__MAX_CONNECTIONS): expected usize"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_slow_consumer_value_is_named() {
+        let err = Config::load_from(
+            None,
+            env(&[("PULSEGATE_DELIVERY__SLOW_CONSUMER", "drop")]),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for config key `delivery.slow_consumer` \
+             (in env PULSEGATE_DELIVERY__SLOW_CONSUMER): \
+             expected `disconnect` or `conflate`, found `drop`"
+        );
+    }
+
+    #[test]
+    fn bad_listen_address_is_named() {
+        let err = Config::from_toml_str("[server]\nlisten = \"localhost\"").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for config key `server.listen` (in TOML text): expected an IP \
+             address and port such as 127.0.0.1:8080 or [::]:8080, found \"localhost\" \
+             (invalid socket address syntax)"
+        );
+    }
+
+    #[test]
+    fn tls_must_be_fully_configured_with_existing_files() {
+        let err = Config::from_toml_str("[tls]\ncert = \"/etc/pulsegate/cert.pem\"").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key tls.key must be set because tls.cert is set (set both or neither)"
+        );
+        let err = Config::from_toml_str("[tls]\nkey = \"/etc/pulsegate/key.pem\"").unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("config key tls.cert must be set"));
+
+        let cert = TempFile::new("cert.pem", "not really a cert");
+        let missing_key = std::env::temp_dir().join("pulsegate-config-test-no-such-key.pem");
+        let overrides = [
+            ("tls.cert", cert.0.to_string_lossy().into_owned()),
+            ("tls.key", missing_key.to_string_lossy().into_owned()),
+        ];
+        let err = Config::load_from(None, no_env(), &overrides).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "config key tls.key names {}, which cannot be read:",
+                missing_key.display()
+            )),
+            "{err}"
+        );
+
+        let key = TempFile::new("key.pem", "not really a key");
+        let overrides = [
+            ("tls.cert", cert.0.to_string_lossy().into_owned()),
+            ("tls.key", key.0.to_string_lossy().into_owned()),
+        ];
+        let c = Config::load_from(None, no_env(), &overrides).unwrap();
+        assert_eq!(c.tls.cert.as_deref(), Some(cert.0.as_path()));
+        assert_eq!(c.tls.key.as_deref(), Some(key.0.as_path()));
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins() {
+        let err = Config::from_toml_str("[server]\nallowed_origins = [\"https://a.example/\"]")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("config key server.allowed_origins entries must be"),
+            "{err}"
+        );
+        Config::from_toml_str("[server]\nallowed_origins = [\"*\", \"http://localhost:3000\"]")
+            .unwrap();
+    }
+
+    #[test]
+    fn missing_file_and_bad_toml_name_the_file() {
+        let missing = std::env::temp_dir().join("pulsegate-config-test-missing.toml");
+        let err = Config::load_from(Some(&missing), no_env(), &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot read config file {}:", missing.display())),
+            "{err}"
+        );
+
+        let file = TempFile::new("broken.toml", "[server\nlisten = 1\n");
+        let err = Config::load_from(Some(&file.0), no_env(), &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("invalid TOML in file "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn to_toml_string_round_trips_and_covers_every_key() {
+        let cert = TempFile::new("cert.pem", "c");
+        let key = TempFile::new("key.pem", "k");
+        let mut c = Config::default();
+        c.server.allowed_origins = vec!["https://a.example".into(), "*".into()];
+        c.server.node_name = Some("node \"one\"".into());
+        c.server.write_timeout = Duration::from_millis(250);
+        c.delivery.slow_consumer = SlowConsumer::Conflate;
+        c.tls.cert = Some(cert.0.clone());
+        c.tls.key = Some(key.0.clone());
+
+        let text = c.to_toml_string();
+        assert_eq!(Config::from_toml_str(&text).unwrap(), c, "{text}");
+        let defaults = Config::default().to_toml_string();
+        assert_eq!(Config::from_toml_str(&defaults).unwrap(), Config::default());
+
+        let mut section = "";
+        let mut rendered = Vec::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+            } else if let Some((k, _)) = line.split_once(" = ") {
+                rendered.push(format!("{section}.{k}"));
+            }
+        }
+        assert_eq!(rendered, KEYS);
+    }
+
+    #[test]
+    fn example_file_and_docs_cover_every_key() {
+        let example = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../pulsegate.example.toml"
+        ));
+        assert_eq!(Config::from_toml_str(example).unwrap(), Config::default());
+
+        // Uncommenting every `#key = value` line must give known keys only,
+        // with the defaults where the example shows them.
+        let uncommented: String = example
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let figment = Figment::from(Toml::string(&uncommented));
+        let uncommented: Config = figment.extract_lossy().unwrap();
+        assert_eq!(uncommented.server.node_name.as_deref(), Some("gateway-1"));
+        assert!(uncommented.tls.cert.is_some() && uncommented.tls.key.is_some());
+        let mut expected = Config::default();
+        expected.server.node_name = uncommented.server.node_name.clone();
+        expected.tls = uncommented.tls.clone();
+        assert_eq!(uncommented, expected);
+
+        let docs = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ));
+        for key in KEYS {
+            let env_name =
+                format!("{ENV_PREFIX}{}", key.replace('.', ENV_SEPARATOR)).to_ascii_uppercase();
+            assert!(docs.contains(&format!("`{key}`")), "{key} not documented");
+            assert!(docs.contains(&env_name), "{env_name} not documented");
+            assert!(example.contains(&env_name), "{env_name} not in example");
+        }
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("listen", "lisen"), 1);
+        assert_eq!(edit_distance("listen", "listen"), 0);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+}
