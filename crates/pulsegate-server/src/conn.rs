@@ -1,0 +1,510 @@
+//! One WebSocket connection's whole life, in one task that owns the socket.
+//!
+//! The task waits on five things at once: the phase of the server (drain),
+//! its heartbeat timers, the next client frame, and its [`Outbox`] becoming
+//! non-empty. Publishers never touch the socket: they push into the outbox,
+//! and this task writes everything queued in one vectored write
+//! (tokio-websockets queues frames and writes them with `writev` on flush).
+//! Control frames (pings, close) are written by this task directly, so they
+//! never wait behind a full data queue.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use pulsegate_core::{now_micros, CloseReason, HubError, Outbox, Outgoing};
+use pulsegate_proto::{
+    close_code, topic::validate_topic, ClientFrame, Codec, DecodeError, ErrorCode, Id, Pattern,
+    Reply, ServerFrame,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep_until, Instant};
+use tokio_websockets::{CloseCode, Message, WebSocketStream};
+
+use crate::state::{ConnSlot, Phase, Shared};
+use crate::stats::ServerStats;
+
+/// Most frames written per vectored write.
+const BATCH_FRAMES: usize = 256;
+/// About most bytes written per vectored write.
+const BATCH_BYTES: usize = 256 * 1024;
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Facts about a connection fixed at upgrade time.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// Negotiated codec.
+    pub codec: Codec,
+    /// `User-Agent`, truncated.
+    pub user_agent: Option<String>,
+}
+
+/// How a connection ended; decides the close frame and the log line.
+#[derive(Debug)]
+enum End {
+    /// The client sent a close frame (code) or the stream ended.
+    ClientClosed(Option<u16>),
+    /// Transport or protocol error; tokio-websockets already queued the close frame.
+    Error(tokio_websockets::Error),
+    /// We close with this code and reason.
+    Close(u16, String),
+    /// The socket stopped accepting writes; drop it without a close handshake.
+    WriteStalled,
+}
+
+struct Conn<S> {
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    outbox: Arc<Outbox>,
+    codec: Codec,
+    subs: Vec<Pattern>,
+    protocol_errors: u32,
+    batch: Vec<Outgoing>,
+}
+
+/// Runs a `/ws` connection until it closes.
+pub async fn serve_ws<S>(
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    meta: ConnMeta,
+    slot: ConnSlot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = slot.id;
+    let started = Instant::now();
+    let outbox = Outbox::new(id, meta.codec, shared.outbox_limits());
+    let mut conn = Conn {
+        ws,
+        codec: meta.codec,
+        subs: Vec::new(),
+        protocol_errors: 0,
+        batch: Vec::new(),
+        outbox,
+        shared,
+    };
+    ServerStats::inc(&conn.shared.stats.accepted);
+    let hb = conn.shared.config.heartbeat.clone();
+    conn.outbox
+        .push_reply(conn.codec.encode(&ServerFrame::Welcome {
+            conn: id.to_string(),
+            node: conn.shared.node.clone(),
+            ping_interval_ms: hb.ping_interval.as_millis() as u64,
+        }));
+
+    let end = conn.run(&hb).await;
+    let (code, initiator) = conn.finish(end).await;
+    conn.shared.hub.remove_connection(id, conn.subs.iter());
+    tracing::info!(
+        conn = id,
+        remote = %meta.peer,
+        codec = meta.codec.label(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        frames_out = conn.outbox.sent_frames.load(Relaxed),
+        close_code = code,
+        initiator,
+        "connection closed"
+    );
+    drop(slot);
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn run(&mut self, hb: &crate::config::HeartbeatConfig) -> End {
+        let mut phase = self.shared.phase.subscribe();
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let mut next_ping = Instant::now() + hb.ping_interval;
+        let mut pong_deadline: Option<Instant> = None;
+        let mut ping_sent = Instant::now();
+        let mut ping_counter: u64 = 0;
+        let mut drain_at: Option<Instant> = None;
+        if *phase.borrow() != Phase::Running {
+            drain_at = Some(Instant::now());
+        }
+        loop {
+            tokio::select! {
+                biased;
+                changed = phase.changed() => {
+                    if changed.is_err() {
+                        return End::Close(close_code::GOING_AWAY, "server shutting down".into());
+                    }
+                    let p = *phase.borrow();
+                    match p {
+                        Phase::Draining if drain_at.is_none() => {
+                            // Spread closes over the drain period so clients do not reconnect all at once.
+                            let period = self.shared.config.server.drain_period;
+                            let delay = period.mul_f64(fastrand::f64());
+                            drain_at = Some(Instant::now() + delay);
+                        }
+                        Phase::Terminate => {
+                            return End::Close(close_code::GOING_AWAY, "server shutting down".into());
+                        }
+                        _ => {}
+                    }
+                }
+                _ = sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
+                    if let Err(end) = self.write_queued().await {
+                        return end;
+                    }
+                    let hint = 500 + fastrand::u64(..5000);
+                    return End::Close(
+                        close_code::GOING_AWAY,
+                        format!("draining; reconnect_after_ms={hint}"),
+                    );
+                }
+                _ = sleep_until(pong_deadline.unwrap_or(far)), if pong_deadline.is_some() => {
+                    ServerStats::inc(&self.shared.stats.pong_timeouts);
+                    return End::Close(close_code::PONG_TIMEOUT, "pong timeout".into());
+                }
+                _ = sleep_until(next_ping) => {
+                    next_ping = Instant::now() + hb.ping_interval;
+                    if pong_deadline.is_none() {
+                        ping_counter += 1;
+                        ping_sent = Instant::now();
+                        let payload = Bytes::copy_from_slice(&ping_counter.to_be_bytes());
+                        if let Err(end) = self.send_control(Message::ping(payload)).await {
+                            return end;
+                        }
+                        pong_deadline = Some(ping_sent + hb.pong_timeout);
+                    }
+                }
+                frame = self.ws.next() => {
+                    let msg = match frame {
+                        None => return End::ClientClosed(None),
+                        Some(Err(e)) => return End::Error(e),
+                        Some(Ok(msg)) => msg,
+                    };
+                    ServerStats::inc(&self.shared.stats.frames_in);
+                    if msg.is_pong() {
+                        if msg.as_payload()[..] == ping_counter.to_be_bytes() && pong_deadline.is_some() {
+                            pong_deadline = None;
+                            let rtt = ping_sent.elapsed();
+                            tracing::trace!(rtt_us = rtt.as_micros() as u64, "pong");
+                        }
+                    } else if let Some((code, _)) = msg.as_close() {
+                        return End::ClientClosed(Some(u16::from(code)));
+                    } else if msg.is_text() || msg.is_binary() {
+                        if let Some(end) = self.handle_frame(&msg) {
+                            return end;
+                        }
+                    }
+                }
+                _ = self.outbox.ready() => {
+                    if let Err(end) = self.write_queued().await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes everything queued, batch by batch, each batch in one vectored
+    /// write. A batch that cannot be written within `server.write_timeout`
+    /// ends the connection; so does the outbox being closed as a slow consumer.
+    async fn write_queued(&mut self) -> Result<(), End> {
+        let write_timeout = self.shared.config.server.write_timeout;
+        loop {
+            self.batch.clear();
+            match self
+                .outbox
+                .take_batch(&mut self.batch, BATCH_FRAMES, BATCH_BYTES)
+            {
+                Ok(()) => {}
+                Err(CloseReason::SlowConsumer) => {
+                    return Err(End::Close(
+                        close_code::SLOW_CONSUMER,
+                        "slow consumer".into(),
+                    ))
+                }
+                Err(CloseReason::Kicked) => {
+                    return Err(End::Close(close_code::KICKED, "closed by operator".into()))
+                }
+            }
+            if self.batch.is_empty() {
+                if self.batch.capacity() > 16 {
+                    self.batch = Vec::new();
+                }
+                return Ok(());
+            }
+            let n = self.batch.len() as u64;
+            let binary = self.codec.is_binary();
+            let ws = &mut self.ws;
+            let batch = &mut self.batch;
+            let outbox = &self.outbox;
+            let write = async {
+                let mut bytes = 0u64;
+                for item in batch.drain(..) {
+                    bytes += item.frame.len() as u64;
+                    let m = if binary {
+                        Message::binary(item.frame)
+                    } else {
+                        Message::text(item.frame)
+                    };
+                    ws.feed(m).await?;
+                }
+                ws.flush().await.map(|_| bytes)
+            };
+            tokio::pin!(write);
+            let deadline = Instant::now() + write_timeout;
+            let result = loop {
+                tokio::select! {
+                    r = &mut write => break r,
+                    _ = sleep_until(deadline) => return Err(End::WriteStalled),
+                    _ = outbox.ready() => {
+                        if outbox.is_closed() {
+                            return Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer".into()));
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(bytes) => {
+                    self.outbox.sent_frames.fetch_add(n, Relaxed);
+                    self.shared.stats.frames_out.fetch_add(n, Relaxed);
+                    self.shared.stats.bytes_out.fetch_add(bytes, Relaxed);
+                }
+                Err(e) => return Err(End::Error(e)),
+            }
+        }
+    }
+
+    async fn send_control(&mut self, msg: Message) -> Result<(), End> {
+        let timeout = self.shared.config.server.write_timeout;
+        match tokio::time::timeout(timeout, self.ws.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Error(e)),
+            Err(_) => Err(End::WriteStalled),
+        }
+    }
+
+    /// Sends the close frame that fits `end`, waits briefly for the close
+    /// handshake, and returns (close code, initiator) for the log.
+    async fn finish(&mut self, end: End) -> (u16, &'static str) {
+        match end {
+            End::ClientClosed(code) => {
+                // tokio-websockets queued the echo of the client's close; flush it.
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.flush()).await;
+                (
+                    code.unwrap_or(1006),
+                    if code.is_some() { "client" } else { "abnormal" },
+                )
+            }
+            End::Error(e) => {
+                let code = match &e {
+                    tokio_websockets::Error::PayloadTooLong { .. } => close_code::MESSAGE_TOO_BIG,
+                    tokio_websockets::Error::Protocol(p) => protocol_close_code(p),
+                    _ => 1006,
+                };
+                // Flush the close frame tokio-websockets queued for protocol errors.
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    let _ = self.ws.flush().await;
+                    while let Some(Ok(_)) = self.ws.next().await {}
+                })
+                .await;
+                tracing::debug!(error = %e, "connection error");
+                (code, if code == 1006 { "abnormal" } else { "server" })
+            }
+            End::Close(code, reason) => {
+                let close = CloseCode::try_from(code).unwrap_or(CloseCode::GOING_AWAY);
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    if self
+                        .ws
+                        .send(Message::close(Some(close), &reason))
+                        .await
+                        .is_ok()
+                    {
+                        // Wait for the client's close reply so the TCP close is clean.
+                        while let Some(Ok(_)) = self.ws.next().await {}
+                    }
+                })
+                .await;
+                (code, "server")
+            }
+            End::WriteStalled => (close_code::WRITE_TIMEOUT, "server"),
+        }
+    }
+
+    /// Handles one data frame from the client. Returns `Some` to end the connection.
+    fn handle_frame(&mut self, msg: &Message) -> Option<End> {
+        if msg.is_binary() != self.codec.is_binary() {
+            let want = if self.codec.is_binary() {
+                "binary (pulsegate.v1.msgpack)"
+            } else {
+                "text (pulsegate.v1.json)"
+            };
+            return self.protocol_error(
+                None,
+                ErrorCode::BadRequest,
+                format!("this connection expects {want} frames"),
+            );
+        }
+        let frame = match self.codec.decode(&msg.as_payload()[..]) {
+            Ok(f) => f,
+            Err(DecodeError { kind, id, message }) => {
+                let code = match kind {
+                    pulsegate_proto::DecodeErrorKind::UnknownOp => ErrorCode::UnknownOp,
+                    _ => ErrorCode::BadRequest,
+                };
+                return self.protocol_error(id, code, message);
+            }
+        };
+        let max_topic = self.shared.config.limits.max_topic_length;
+        match frame {
+            ClientFrame::Ping { id } => {
+                self.reply(ServerFrame::Pong {
+                    id,
+                    ts: now_micros(),
+                });
+            }
+            ClientFrame::Pub { id, topic, data } => {
+                if let Err(e) = validate_topic(&topic, max_topic) {
+                    return self.protocol_error(id, ErrorCode::BadRequest, e.to_string());
+                }
+                match self.shared.hub.publish(&topic, data) {
+                    Ok(m) => {
+                        ServerStats::inc(&self.shared.stats.published_ws);
+                        self.reply(ServerFrame::Ok(Reply {
+                            id,
+                            topic: Some(topic),
+                            seq: Some(m.seq),
+                            epoch: Some(m.epoch.to_string()),
+                            ..Reply::default()
+                        }));
+                    }
+                    Err(e) => self.error(id, hub_error_code(&e), e.to_string()),
+                }
+            }
+            ClientFrame::Sub {
+                id,
+                topic,
+                snapshot,
+                since,
+            } => {
+                let pattern = match Pattern::parse(&topic, max_topic) {
+                    Ok(p) => p,
+                    Err(e) => return self.protocol_error(id, ErrorCode::BadRequest, e.to_string()),
+                };
+                if self.subs.contains(&pattern) {
+                    self.error(
+                        id,
+                        ErrorCode::BadRequest,
+                        format!("already subscribed to `{topic}`; unsub first"),
+                    );
+                    return None;
+                }
+                let max_subs = self.shared.config.limits.max_subscriptions_per_connection;
+                if self.subs.len() >= max_subs {
+                    self.error(id, ErrorCode::Limit, format!("at most {max_subs} subscriptions per connection (limits.max_subscriptions_per_connection)"));
+                    return None;
+                }
+                if let Some((t, e)) = since
+                    .iter()
+                    .find_map(|(t, _)| validate_topic(t, max_topic).err().map(|e| (t, e)))
+                {
+                    let msg = format!(
+                        "since: topic `{}`: {e}",
+                        t.chars().take(64).collect::<String>()
+                    );
+                    return self.protocol_error(id, ErrorCode::BadRequest, msg);
+                }
+                let codec = self.codec;
+                let with_since = !since.is_empty();
+                self.shared
+                    .hub
+                    .subscribe(&self.outbox, &pattern, snapshot, &since, |o| {
+                        codec.encode(&ServerFrame::Ok(Reply {
+                            id,
+                            recovered: with_since.then(|| o.recovered.clone()),
+                            not_recovered: with_since.then(|| o.not_recovered.clone()),
+                            ..Reply::default()
+                        }))
+                    });
+                self.subs.push(pattern);
+            }
+            ClientFrame::Unsub { id, topic } => {
+                match self.subs.iter().position(|p| p.as_str() == topic) {
+                    Some(i) => {
+                        let p = self.subs.swap_remove(i);
+                        self.shared.hub.unsubscribe(self.outbox.id(), &p);
+                        self.reply(ServerFrame::Ok(Reply {
+                            id,
+                            ..Reply::default()
+                        }));
+                    }
+                    None => self.error(
+                        id,
+                        ErrorCode::NotFound,
+                        format!(
+                            "not subscribed to `{}`",
+                            topic.chars().take(256).collect::<String>()
+                        ),
+                    ),
+                }
+            }
+        }
+        None
+    }
+
+    fn reply(&self, frame: ServerFrame) {
+        self.outbox.push_reply(self.codec.encode(&frame));
+    }
+
+    fn error(&self, id: Option<Id>, code: ErrorCode, message: String) {
+        self.reply(ServerFrame::Error { id, code, message });
+    }
+
+    /// A malformed request: answered with `error`, counted, and the
+    /// connection is closed with 1008 once `limits.max_protocol_errors` is exceeded.
+    fn protocol_error(&mut self, id: Option<Id>, code: ErrorCode, message: String) -> Option<End> {
+        ServerStats::inc(&self.shared.stats.protocol_errors);
+        self.protocol_errors += 1;
+        self.error(id, code, message);
+        let max = self.shared.config.limits.max_protocol_errors;
+        (self.protocol_errors > max).then(|| {
+            End::Close(
+                close_code::POLICY_VIOLATION,
+                format!("more than {max} malformed frames"),
+            )
+        })
+    }
+}
+
+fn hub_error_code(e: &HubError) -> ErrorCode {
+    match e {
+        HubError::TooManyTopics(_) => ErrorCode::Limit,
+        HubError::Backplane(_) => ErrorCode::Unavailable,
+    }
+}
+
+fn protocol_close_code(e: &tokio_websockets::proto::ProtocolError) -> u16 {
+    use tokio_websockets::proto::ProtocolError as P;
+    match e {
+        P::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+        _ => close_code::PROTOCOL_ERROR,
+    }
+}
+
+/// Runs a `/echo` connection: every text or binary message is sent back.
+pub async fn serve_echo<S>(mut ws: WebSocketStream<S>, slot: ConnSlot)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(m) if m.is_text() || m.is_binary() => {
+                if ws.send(m).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
+    drop(slot);
+}

@@ -1,0 +1,404 @@
+//! The listener: accepts sockets, reads the request head, and hands each
+//! connection to its own task — a WebSocket connection ([`crate::conn`]) or
+//! an HTTP connection ([`crate::http`]). Also the server's start, drain and
+//! stop ([`Running`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use pulsegate_core::{Hub, HubConfig, MemoryBackplane};
+use pulsegate_proto::Codec;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_websockets::{Config as WsConfig, Limits, ServerBuilder};
+
+use crate::config::Config;
+use crate::conn::{serve_echo, serve_ws, ConnMeta};
+use crate::handshake::{self, HeadError};
+use crate::io::Prefixed;
+use crate::state::{Phase, Shared};
+use crate::stats::ServerStats;
+use crate::StartError;
+
+/// Listen backlog; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+/// How often aged history is trimmed and idle topics forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+    tracker: mpsc::Receiver<()>,
+}
+
+/// Binds the listener and starts serving in the background.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let addr = config.server.listen;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| StartError::Bind(addr, e))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| StartError::Bind(addr, e))?;
+    socket.bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+    let listener = socket
+        .listen(BACKLOG)
+        .map_err(|e| StartError::Bind(addr, e))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(addr, e))?;
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
+        _ => None,
+    };
+    let node = config
+        .server
+        .node_name
+        .clone()
+        .unwrap_or_else(default_node_name);
+    let hub = Arc::new(Hub::new(
+        HubConfig {
+            max_history_messages: config.history.max_messages,
+            max_history_age: config.history.max_age,
+            max_topics: config.history.max_topics,
+        },
+        Arc::new(MemoryBackplane),
+    ));
+    let shared = Shared::new(config, node, hub.clone());
+    let (tracker_tx, tracker) = mpsc::channel(1);
+    let accept = tokio::spawn(accept_loop(listener, shared.clone(), tls, tracker_tx));
+    let sweeper = tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            hub.sweep();
+        }
+    });
+    tracing::info!(%local_addr, node = %shared.node, "pulsegate listening");
+    Ok(Running {
+        local_addr,
+        shared,
+        accept,
+        sweeper,
+        tracker,
+    })
+}
+
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pulsegate".to_string())
+}
+
+impl Running {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shared state (hub, stats, config).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Starts draining: `/readyz` turns 503, new upgrades get 503, and
+    /// connections close with 1001 spread over `server.drain_period`.
+    pub fn drain(&self) {
+        self.shared.start_drain();
+    }
+
+    /// Closes every connection now.
+    pub fn terminate(&self) {
+        self.shared.start_drain();
+        self.shared.phase.send_replace(Phase::Terminate);
+    }
+
+    /// Waits until every WebSocket connection has closed after [`Running::drain`]
+    /// (or the drain period plus a grace of 5 s has passed), then stops
+    /// accepting and waits briefly for the remaining connection tasks.
+    pub async fn wait_drained(mut self) {
+        let deadline = tokio::time::Instant::now()
+            + self.shared.config.server.drain_period
+            + Duration::from_secs(5);
+        while self.shared.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.shared.phase.send_replace(Phase::Terminate);
+        self.accept.abort();
+        self.sweeper.abort();
+        let _ = self.accept.await;
+        // Every connection task holds a tracker sender; recv() is None once all are gone.
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tracker.recv()).await;
+    }
+
+    /// Drains on the first SIGTERM/SIGINT and returns when done; a second
+    /// signal closes everything at once.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!(
+            connections = self.shared.active_connections(),
+            drain_period = ?self.shared.config.server.drain_period,
+            "signal received: draining (send again to stop at once)"
+        );
+        self.drain();
+        let shared = self.shared.clone();
+        let second = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        tokio::select! {
+            _ = self.wait_drained() => {
+                tracing::info!("drained; exiting");
+            }
+            _ = second => {
+                tracing::warn!(connections = shared.active_connections(), "second signal: exiting now");
+                shared.phase.send_replace(Phase::Terminate);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    tracker: mpsc::Sender<()>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            let _tracker = tracker;
+            handle_socket(shared, stream, peer, tls).await;
+        });
+    }
+}
+
+async fn handle_socket(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
+    // Small frames must not wait for Nagle + delayed ACK (~40 ms).
+    let _ = stream.set_nodelay(true);
+    let timeout = shared.config.server.handshake_timeout;
+    match tls {
+        None => dispatch(shared, stream, peer).await,
+        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => dispatch(shared, tls_stream, peer).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+}
+
+/// Reads the request head and routes the connection.
+async fn dispatch<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = shared.config.server.handshake_timeout;
+    let (head, head_len, buf) =
+        match tokio::time::timeout(timeout, handshake::read_head(&mut stream)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(HeadError::TooLarge)) => {
+                let _ = handshake::write_error(
+                    &mut stream,
+                    431,
+                    "Request Header Fields Too Large",
+                    &[],
+                    &json!({"error": "head_too_large"}),
+                )
+                .await;
+                return;
+            }
+            Ok(Err(HeadError::Malformed(m))) => {
+                let _ = handshake::write_error(
+                    &mut stream,
+                    400,
+                    "Bad Request",
+                    &[],
+                    &json!({"error": "bad_request", "message": m}),
+                )
+                .await;
+                return;
+            }
+            Ok(Err(_)) => return,
+            Err(_) => {
+                ServerStats::inc(&shared.stats.rejected);
+                tracing::debug!(%peer, "handshake timeout");
+                return;
+            }
+        };
+    let is_ws_path = head.path == "/ws" || head.path == "/echo";
+    if !(head.is_upgrade && is_ws_path) {
+        serve_http(shared, Prefixed::new(buf.freeze(), stream)).await;
+        return;
+    }
+    let reject = |status: u16, reason: &'static str, code: &'static str, message: String| {
+        (status, reason, code, message)
+    };
+    let refusal = if let Err(m) = handshake::validate_upgrade(&head) {
+        Some(reject(400, "Bad Request", "bad_request", m.to_string()))
+    } else if shared.is_draining() {
+        Some(reject(
+            503,
+            "Service Unavailable",
+            "draining",
+            "server is draining; reconnect to another node".into(),
+        ))
+    } else if !handshake::origin_allowed(&head, &shared.config.server.allowed_origins) {
+        Some(reject(
+            403,
+            "Forbidden",
+            "origin",
+            format!(
+                "Origin {} is not allowed (server.allowed_origins)",
+                head.origin.as_deref().unwrap_or("")
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((status, reason, code, message)) = refusal {
+        ServerStats::inc(&shared.stats.rejected);
+        let retry = if code == "draining" {
+            vec![("Retry-After", "5".to_string())]
+        } else {
+            vec![]
+        };
+        tracing::debug!(%peer, code, "upgrade refused");
+        let _ = handshake::write_error(
+            &mut stream,
+            status,
+            reason,
+            &retry,
+            &json!({"error": code, "message": message}),
+        )
+        .await;
+        return;
+    }
+    let slot = match shared.admit(peer.ip()) {
+        Ok(s) => s,
+        Err(which) => {
+            ServerStats::inc(&shared.stats.rejected);
+            let (status, reason, msg) = if which == "limit_total" {
+                (
+                    503,
+                    "Service Unavailable",
+                    "server at capacity (limits.max_connections)",
+                )
+            } else {
+                (
+                    429,
+                    "Too Many Requests",
+                    "too many connections from this address (limits.max_connections_per_ip)",
+                )
+            };
+            let _ = handshake::write_error(
+                &mut stream,
+                status,
+                reason,
+                &[("Retry-After", "5".to_string())],
+                &json!({"error": which, "message": msg}),
+            )
+            .await;
+            return;
+        }
+    };
+    let echo = head.path == "/echo";
+    let (codec, protocol) = if echo {
+        (Codec::Json, None)
+    } else {
+        Codec::negotiate(head.protocols.iter().map(String::as_str))
+    };
+    let key = head.ws_key.clone().unwrap_or_default();
+    if handshake::write_101(&mut stream, &key, protocol)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let rest = handshake::split_rest(buf, head_len);
+    let max = shared.config.limits.max_message_bytes;
+    let ws = ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(max)))
+        .config(WsConfig::default().flush_threshold(512 * 1024))
+        .serve(Prefixed::new(rest, stream));
+    if echo {
+        serve_echo(ws, slot).await;
+    } else {
+        let meta = ConnMeta {
+            peer,
+            codec,
+            user_agent: head.user_agent,
+        };
+        serve_ws(shared, ws, meta, slot).await;
+    }
+}
+
+async fn serve_http<S>(shared: Arc<Shared>, io: Prefixed<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut phase = shared.phase.subscribe();
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| crate::http::route(svc_shared.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .header_read_timeout(shared.config.server.handshake_timeout)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "http connection error");
+                }
+                return;
+            }
+            changed = phase.changed() => {
+                if changed.is_err() || *phase.borrow() == Phase::Terminate {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
