@@ -209,7 +209,7 @@ fn dechunk(s: &str) -> String {
             break;
         }
         out.push_str(&tail[..n]);
-        rest = &tail[n..].trim_start_matches("\r\n");
+        rest = tail[n..].trim_start_matches("\r\n");
     }
     out
 }
@@ -224,4 +224,196 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
 pub async fn post_json(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
     let (status, _, body) = http(addr, "POST", path, &[("Content-Type", "application/json")], body.as_bytes()).await;
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Polls `GET /api/stats` until `done` holds for the body, and returns that
+/// body; panics with the last body after [`STEP_TIMEOUT`].
+pub async fn wait_for_stats(addr: SocketAddr, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let (status, stats) = get_json(addr, "/api/stats").await;
+        assert_eq!(status, 200, "GET /api/stats: {stats}");
+        if done(&stats) {
+            return stats;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("stats never showed {what}: {stats}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl WsClient {
+    /// Connects with the client socket's receive buffer set to `recv_buffer`
+    /// bytes, so a client that stops reading fills the TCP window after a few
+    /// kilobytes instead of megabytes (slow-consumer tests). Returns the client
+    /// with the welcome frame.
+    pub async fn connect_with_recv_buffer(url: &str, recv_buffer: u32) -> (WsClient, Value) {
+        let uri: http::Uri = url.parse().expect("url");
+        let addr: SocketAddr = uri.authority().expect("authority").as_str().parse().expect("ip:port");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
+        let tcp = tokio::time::timeout(STEP_TIMEOUT, socket.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let (ws, _) = tokio::time::timeout(
+            STEP_TIMEOUT,
+            ClientBuilder::from_uri(uri).connect_on(MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .expect("upgrade in time")
+        .expect("upgrade succeeds");
+        let mut c = WsClient { ws };
+        let welcome = c.recv_json().await;
+        assert_eq!(welcome["op"], "welcome", "first frame is welcome: {welcome}");
+        (c, welcome)
+    }
+}
+
+/// WebSocket opcodes, for [`RawWs`].
+pub mod opcode {
+    /// Text frame.
+    pub const TEXT: u8 = 0x1;
+    /// Binary frame.
+    pub const BINARY: u8 = 0x2;
+    /// Close frame.
+    pub const CLOSE: u8 = 0x8;
+    /// Ping frame.
+    pub const PING: u8 = 0x9;
+    /// Pong frame.
+    pub const PONG: u8 = 0xA;
+}
+
+/// A WebSocket connection driven by hand, byte by byte: the handshake is
+/// written by the test, frames are built and parsed here, and nothing is
+/// answered automatically (no pongs, no close echo). For what a well-behaved
+/// client library refuses to do: invalid UTF-8, half-open peers.
+pub struct RawWs {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read but not consumed yet.
+    pub buf: Vec<u8>,
+}
+
+/// Sends an upgrade request to `path` with `headers` added, and reads the
+/// response head. Returns (status, response head, connection); on a refusal
+/// the rest of the response (the body) can be read with [`RawWs::read_to_end`].
+pub async fn raw_upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, RawWs) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write upgrade request");
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(STEP_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .expect("response head in time")
+            .expect("read response head");
+        assert!(n > 0, "connection closed before the response head: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let rest = buf.split_off(head_end);
+    (status, head, RawWs { stream, buf: rest })
+}
+
+/// The value of header `name` (case-insensitive) in a response head.
+pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+impl RawWs {
+    /// Sends one masked frame with FIN set, as a client must.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let mut frame = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.expect("write frame");
+    }
+
+    /// Reads the next frame from the server as (opcode, payload); `None` when
+    /// the connection ended first. Panics after [`STEP_TIMEOUT`].
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(STEP_TIMEOUT, self.stream.read(&mut chunk))
+                .await
+                .expect("frame in time");
+            match n {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads frames until a close frame and returns its (code, reason),
+    /// skipping pings and data; `None` if the connection ended without one.
+    pub async fn read_close(&mut self) -> Option<(u16, String)> {
+        while let Some((op, payload)) = self.read_frame().await {
+            if op == opcode::CLOSE {
+                let code = payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).to_string();
+                return Some((code, reason));
+            }
+        }
+        None
+    }
+
+    /// Everything until the server closes the connection (a refused
+    /// upgrade's body), including bytes already buffered.
+    pub async fn read_to_end(mut self) -> Vec<u8> {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(STEP_TIMEOUT, self.stream.read_to_end(&mut rest))
+            .await
+            .expect("server closes in time");
+        self.buf.extend_from_slice(&rest);
+        self.buf
+    }
+}
+
+/// One unmasked server frame at the start of `buf`: ((opcode, payload), bytes used).
+fn parse_server_frame(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0f;
+    let (len, header) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize, 10),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    let end = header + len;
+    (buf.len() >= end).then(|| ((opcode, buf[header..end].to_vec()), end))
 }
