@@ -66,6 +66,8 @@ struct Conn<S> {
     subs: Vec<Pattern>,
     protocol_errors: u32,
     batch: Vec<Outgoing>,
+    /// Last measured WebSocket ping→pong round trip, µs (0 = none yet).
+    ping_rtt_us: u64,
 }
 
 /// Runs a `/ws` connection until it closes.
@@ -86,6 +88,7 @@ pub async fn serve_ws<S>(
         subs: Vec::new(),
         protocol_errors: 0,
         batch: Vec::new(),
+        ping_rtt_us: 0,
         outbox,
         shared,
     };
@@ -109,6 +112,7 @@ pub async fn serve_ws<S>(
         frames_out = conn.outbox.sent_frames.load(Relaxed),
         close_code = code,
         initiator,
+        ping_rtt_us = conn.ping_rtt_us,
         "connection closed"
     );
     drop(slot);
@@ -116,30 +120,44 @@ pub async fn serve_ws<S>(
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn run(&mut self, hb: &crate::config::HeartbeatConfig) -> End {
-        let mut phase = self.shared.phase.subscribe();
-        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        // One timer for all deadlines (next ping, pong deadline, drain
+        // close), and one phase watcher, both kept across iterations: the
+        // loop runs once per delivered batch, so it must not register
+        // timers or shared waiters on every turn.
         let mut next_ping = Instant::now() + hb.ping_interval;
         let mut pong_deadline: Option<Instant> = None;
         let mut ping_sent = Instant::now();
         let mut ping_counter: u64 = 0;
         let mut drain_at: Option<Instant> = None;
-        if *phase.borrow() != Phase::Running {
+        if *self.shared.phase.borrow() != Phase::Running {
             drain_at = Some(Instant::now());
         }
+        let next_deadline = |next_ping: Instant, pong: Option<Instant>, drain: Option<Instant>| {
+            [Some(next_ping), pong, drain]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("next_ping is always set")
+        };
+        let timer = tokio::time::sleep_until(next_deadline(next_ping, pong_deadline, drain_at));
+        tokio::pin!(timer);
+        let phase_changed = wait_phase(self.shared.phase.subscribe());
+        tokio::pin!(phase_changed);
         loop {
             tokio::select! {
                 biased;
-                changed = phase.changed() => {
+                (rx, changed) = &mut phase_changed => {
                     if changed.is_err() {
                         return End::Close(close_code::GOING_AWAY, "server shutting down".into());
                     }
-                    let p = *phase.borrow();
+                    let p = *rx.borrow();
+                    phase_changed.set(wait_phase(rx));
                     match p {
                         Phase::Draining if drain_at.is_none() => {
                             // Spread closes over the drain period so clients do not reconnect all at once.
                             let period = self.shared.config.server.drain_period;
-                            let delay = period.mul_f64(fastrand::f64());
-                            drain_at = Some(Instant::now() + delay);
+                            drain_at = Some(Instant::now() + period.mul_f64(fastrand::f64()));
+                            timer.as_mut().reset(next_deadline(next_ping, pong_deadline, drain_at));
                         }
                         Phase::Terminate => {
                             return End::Close(close_code::GOING_AWAY, "server shutting down".into());
@@ -147,31 +165,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         _ => {}
                     }
                 }
-                _ = sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
-                    if let Err(end) = self.write_queued().await {
-                        return end;
-                    }
-                    let hint = 500 + fastrand::u64(..5000);
-                    return End::Close(
-                        close_code::GOING_AWAY,
-                        format!("draining; reconnect_after_ms={hint}"),
-                    );
-                }
-                _ = sleep_until(pong_deadline.unwrap_or(far)), if pong_deadline.is_some() => {
-                    ServerStats::inc(&self.shared.stats.pong_timeouts);
-                    return End::Close(close_code::PONG_TIMEOUT, "pong timeout".into());
-                }
-                _ = sleep_until(next_ping) => {
-                    next_ping = Instant::now() + hb.ping_interval;
-                    if pong_deadline.is_none() {
-                        ping_counter += 1;
-                        ping_sent = Instant::now();
-                        let payload = Bytes::copy_from_slice(&ping_counter.to_be_bytes());
-                        if let Err(end) = self.send_control(Message::ping(payload)).await {
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if drain_at.is_some_and(|d| d <= now) {
+                        if let Err(end) = self.write_queued().await {
                             return end;
                         }
-                        pong_deadline = Some(ping_sent + hb.pong_timeout);
+                        let hint = 500 + fastrand::u64(..5000);
+                        return End::Close(
+                            close_code::GOING_AWAY,
+                            format!("draining; reconnect_after_ms={hint}"),
+                        );
                     }
+                    if pong_deadline.is_some_and(|d| d <= now) {
+                        ServerStats::inc(&self.shared.stats.pong_timeouts);
+                        return End::Close(close_code::PONG_TIMEOUT, "pong timeout".into());
+                    }
+                    if next_ping <= now {
+                        next_ping = now + hb.ping_interval;
+                        if pong_deadline.is_none() {
+                            ping_counter += 1;
+                            ping_sent = now;
+                            let payload = Bytes::copy_from_slice(&ping_counter.to_be_bytes());
+                            if let Err(end) = self.send_control(Message::ping(payload)).await {
+                                return end;
+                            }
+                            pong_deadline = Some(ping_sent + hb.pong_timeout);
+                        }
+                    }
+                    timer.as_mut().reset(next_deadline(next_ping, pong_deadline, drain_at));
                 }
                 frame = self.ws.next() => {
                     let msg = match frame {
@@ -182,9 +204,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     ServerStats::inc(&self.shared.stats.frames_in);
                     if msg.is_pong() {
                         if msg.as_payload()[..] == ping_counter.to_be_bytes() && pong_deadline.is_some() {
+                            // The timer may still fire at the old pong deadline; it then finds nothing due.
                             pong_deadline = None;
                             let rtt = ping_sent.elapsed();
-                            tracing::trace!(rtt_us = rtt.as_micros() as u64, "pong");
+                            self.ping_rtt_us = rtt.as_micros() as u64;
+                            tracing::trace!(rtt_us = self.ping_rtt_us, "pong");
                         }
                     } else if let Some((code, _)) = msg.as_close() {
                         return End::ClientClosed(Some(u16::from(code)));
@@ -472,6 +496,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             )
         })
     }
+}
+
+/// Waits for the next phase change, handing the receiver back so the
+/// future can be re-armed without borrowing.
+async fn wait_phase(
+    mut rx: tokio::sync::watch::Receiver<Phase>,
+) -> (
+    tokio::sync::watch::Receiver<Phase>,
+    Result<(), tokio::sync::watch::error::RecvError>,
+) {
+    let r = rx.changed().await;
+    (rx, r)
 }
 
 fn hub_error_code(e: &HubError) -> ErrorCode {
