@@ -123,8 +123,10 @@ pub struct ServerConfig {
     /// Name of this node in logs, metrics and cluster messages. Unset means the
     /// host name is used, resolved at startup. Default: unset.
     pub node_name: Option<String>,
-    /// A socket write that makes no progress for this long closes the
-    /// connection as a slow consumer. Default `10s`.
+    /// A batch of queued frames (at most 256 frames / 256 KiB) that cannot
+    /// be written to the socket within this time ends the connection as a
+    /// slow consumer; the socket is dropped without a close frame, since it
+    /// cannot take one (logged as close code 4003). Default `10s`.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
 }
@@ -268,8 +270,11 @@ pub struct HistoryConfig {
     /// Messages older than this are evicted from history. Default `5m`.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    /// Most topics with history kept on this node; the least recently
-    /// published topic is evicted first. Default `100000`.
+    /// Most concrete topics kept on this node (history and last value).
+    /// Publishing to a new topic beyond it is refused with error code
+    /// `limit` (HTTP 429); topics without subscribers and without a message
+    /// younger than `max_age` are forgotten by a sweep every 5 s, freeing
+    /// room. Default `100000`.
     pub max_topics: usize,
 }
 

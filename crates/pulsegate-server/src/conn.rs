@@ -101,8 +101,9 @@ pub async fn serve_ws<S>(
             ping_interval_ms: hb.ping_interval.as_millis() as u64,
         }));
 
-    let end = conn.run(&hb).await;
-    let (code, initiator) = conn.finish(end).await;
+    let end = Box::pin(conn.run(&hb)).await;
+    // Boxed: the close handshake's state is needed once, not for the connection's life.
+    let (code, initiator) = Box::pin(conn.finish(end)).await;
     conn.shared.hub.remove_connection(id, conn.subs.iter());
     tracing::info!(
         conn = id,
@@ -335,6 +336,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             End::Close(code, reason) => {
                 let close = CloseCode::try_from(code).unwrap_or(CloseCode::GOING_AWAY);
+                // Replies already queued (e.g. the error that triggered a 1008)
+                // go out before the close frame; a closed outbox has none.
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.write_queued()).await;
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
                     if self
                         .ws

@@ -17,13 +17,13 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tokio_websockets::{Config as WsConfig, Limits, ServerBuilder};
+use tokio_websockets::{Config as WsConfig, Limits, ServerBuilder, WebSocketStream};
 
 use crate::config::Config;
 use crate::conn::{serve_echo, serve_ws, ConnMeta};
 use crate::handshake::{self, HeadError};
 use crate::io::Prefixed;
-use crate::state::{Phase, Shared};
+use crate::state::{ConnSlot, Phase, Shared};
 use crate::stats::ServerStats;
 use crate::StartError;
 
@@ -218,18 +218,55 @@ async fn handle_socket(
     // Small frames must not wait for Nagle + delayed ACK (~40 ms).
     let _ = stream.set_nodelay(true);
     let timeout = shared.config.server.handshake_timeout;
+    // Each phase is boxed separately so the task holds only the memory of
+    // the phase it is in: a spawned future is as large as its largest
+    // state, and the handshake and TLS states are much larger than an
+    // idle WebSocket connection needs (see docs/ARCHITECTURE.md, memory).
     match tls {
-        None => dispatch(shared, stream, peer).await,
-        Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => dispatch(shared, tls_stream, peer).await,
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
+        None => {
+            let next = Box::pin(prepare(shared.clone(), stream, peer)).await;
+            Box::pin(run_next(shared, next)).await;
+        }
+        Some(acceptor) => {
+            let accepted = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream))).await;
+            match accepted {
+                Ok(Ok(tls_stream)) => {
+                    let next = Box::pin(prepare(shared.clone(), tls_stream, peer)).await;
+                    Box::pin(run_next(shared, next)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
     }
 }
 
-/// Reads the request head and routes the connection.
-async fn dispatch<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr)
+/// What a connection becomes once its request head was read.
+enum Next<S> {
+    /// A `/ws` connection of our protocol.
+    Ws(WebSocketStream<Prefixed<S>>, ConnMeta, ConnSlot),
+    /// A `/echo` connection.
+    Echo(WebSocketStream<Prefixed<S>>, ConnSlot),
+    /// Plain HTTP, served by hyper.
+    Http(Prefixed<S>),
+    /// Already answered (refused) or failed.
+    Done,
+}
+
+async fn run_next<S>(shared: Arc<Shared>, next: Next<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match next {
+        Next::Ws(ws, meta, slot) => Box::pin(serve_ws(shared, ws, meta, slot)).await,
+        Next::Echo(ws, slot) => Box::pin(serve_echo(ws, slot)).await,
+        Next::Http(io) => Box::pin(serve_http(shared, io)).await,
+        Next::Done => {}
+    }
+}
+
+/// Reads the request head, answers refusals, and performs the upgrade.
+async fn prepare<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr) -> Next<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -246,7 +283,7 @@ where
                     &json!({"error": "head_too_large"}),
                 )
                 .await;
-                return;
+                return Next::Done;
             }
             Ok(Err(HeadError::Malformed(m))) => {
                 let _ = handshake::write_error(
@@ -257,24 +294,31 @@ where
                     &json!({"error": "bad_request", "message": m}),
                 )
                 .await;
-                return;
+                return Next::Done;
             }
-            Ok(Err(_)) => return,
+            Ok(Err(_)) => return Next::Done,
             Err(_) => {
                 ServerStats::inc(&shared.stats.rejected);
                 tracing::debug!(%peer, "handshake timeout");
-                return;
+                return Next::Done;
             }
         };
     let is_ws_path = head.path == "/ws" || head.path == "/echo";
     if !(head.is_upgrade && is_ws_path) {
-        serve_http(shared, Prefixed::new(buf.freeze(), stream)).await;
-        return;
+        return Next::Http(Prefixed::new(buf.freeze(), stream));
     }
     let reject = |status: u16, reason: &'static str, code: &'static str, message: String| {
         (status, reason, code, message)
     };
-    let refusal = if let Err(m) = handshake::validate_upgrade(&head) {
+    let refusal = if head.ws_version.as_deref() != Some("13") {
+        // RFC 6455 §4.4: name the version we speak.
+        Some(reject(
+            426,
+            "Upgrade Required",
+            "bad_version",
+            "Sec-WebSocket-Version must be 13".into(),
+        ))
+    } else if let Err(m) = handshake::validate_upgrade(&head) {
         Some(reject(400, "Bad Request", "bad_request", m.to_string()))
     } else if shared.is_draining() {
         Some(reject(
@@ -298,21 +342,21 @@ where
     };
     if let Some((status, reason, code, message)) = refusal {
         ServerStats::inc(&shared.stats.rejected);
-        let retry = if code == "draining" {
-            vec![("Retry-After", "5".to_string())]
-        } else {
-            vec![]
+        let extra = match code {
+            "draining" => vec![("Retry-After", "5".to_string())],
+            "bad_version" => vec![("Sec-WebSocket-Version", "13".to_string())],
+            _ => vec![],
         };
         tracing::debug!(%peer, code, "upgrade refused");
         let _ = handshake::write_error(
             &mut stream,
             status,
             reason,
-            &retry,
+            &extra,
             &json!({"error": code, "message": message}),
         )
         .await;
-        return;
+        return Next::Done;
     }
     let slot = match shared.admit(peer.ip()) {
         Ok(s) => s,
@@ -339,7 +383,7 @@ where
                 &json!({"error": which, "message": msg}),
             )
             .await;
-            return;
+            return Next::Done;
         }
     };
     let echo = head.path == "/echo";
@@ -353,7 +397,7 @@ where
         .await
         .is_err()
     {
-        return;
+        return Next::Done;
     }
     let rest = handshake::split_rest(buf, head_len);
     let max = shared.config.limits.max_message_bytes;
@@ -362,14 +406,14 @@ where
         .config(WsConfig::default().flush_threshold(512 * 1024))
         .serve(Prefixed::new(rest, stream));
     if echo {
-        serve_echo(ws, slot).await;
+        Next::Echo(ws, slot)
     } else {
         let meta = ConnMeta {
             peer,
             codec,
             user_agent: head.user_agent,
         };
-        serve_ws(shared, ws, meta, slot).await;
+        Next::Ws(ws, meta, slot)
     }
 }
 

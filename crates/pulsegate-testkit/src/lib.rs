@@ -35,7 +35,9 @@ impl TestServer {
         config.server.node_name = Some("test".into());
         tweak(&mut config);
         config.validate().expect("test config is valid");
-        let running = pulsegate_server::start(config).await.expect("server starts");
+        let running = pulsegate_server::start(config)
+            .await
+            .expect("server starts");
         TestServer {
             addr: running.local_addr(),
             running: Some(running),
@@ -75,9 +77,14 @@ pub struct WsClient {
 impl WsClient {
     /// Connects to `url` and returns the client with the welcome frame.
     pub async fn connect(url: &str) -> (WsClient, Value) {
-        let mut c = Self::connect_with(url, &[]).await.expect("upgrade succeeds");
+        let mut c = Self::connect_with(url, &[])
+            .await
+            .expect("upgrade succeeds");
         let welcome = c.recv_json().await;
-        assert_eq!(welcome["op"], "welcome", "first frame is welcome: {welcome}");
+        assert_eq!(
+            welcome["op"], "welcome",
+            "first frame is welcome: {welcome}"
+        );
         (c, welcome)
     }
 
@@ -93,21 +100,33 @@ impl WsClient {
                 )
                 .expect("header");
         }
-        match tokio::time::timeout(STEP_TIMEOUT, b.connect()).await.expect("connect in time") {
+        match tokio::time::timeout(STEP_TIMEOUT, b.connect())
+            .await
+            .expect("connect in time")
+        {
             Ok((ws, _)) => Ok(WsClient { ws }),
-            Err(tokio_websockets::Error::Upgrade(e)) => Err(status_of(&e.to_string())),
+            Err(tokio_websockets::Error::Upgrade(
+                tokio_websockets::upgrade::Error::DidNotSwitchProtocols(status),
+            )) => Err(status),
+            Err(tokio_websockets::Error::Upgrade(e)) => panic!("upgrade failed: {e}"),
             Err(e) => panic!("connect failed: {e}"),
         }
     }
 
     /// Sends a JSON frame.
     pub async fn send_json(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
     }
 
     /// Sends a raw text frame.
     pub async fn send_text(&mut self, s: &str) {
-        self.ws.send(Message::text(s.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(s.to_string()))
+            .await
+            .expect("send");
     }
 
     /// Next text frame as JSON (pings are skipped; panics on close or timeout).
@@ -158,13 +177,6 @@ impl WsClient {
     }
 }
 
-fn status_of(s: &str) -> u16 {
-    s.split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse::<u16>().ok())
-        .find(|n| (100..600).contains(n))
-        .unwrap_or(0)
-}
-
 /// A minimal HTTP/1.1 exchange (Connection: close). Returns (status, headers, body).
 pub async fn http(
     addr: SocketAddr,
@@ -174,7 +186,10 @@ pub async fn http(
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -194,7 +209,10 @@ pub async fn http(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut body = body_text.as_bytes().to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(body_text).into_bytes();
     }
     (status, head.to_string(), body)
@@ -222,7 +240,14 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
 
 /// POST a JSON body returning (status, JSON body).
 pub async fn post_json(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
-    let (status, _, body) = http(addr, "POST", path, &[("Content-Type", "application/json")], body.as_bytes()).await;
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
@@ -250,7 +275,12 @@ impl WsClient {
     /// with the welcome frame.
     pub async fn connect_with_recv_buffer(url: &str, recv_buffer: u32) -> (WsClient, Value) {
         let uri: http::Uri = url.parse().expect("url");
-        let addr: SocketAddr = uri.authority().expect("authority").as_str().parse().expect("ip:port");
+        let addr: SocketAddr = uri
+            .authority()
+            .expect("authority")
+            .as_str()
+            .parse()
+            .expect("ip:port");
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
         let tcp = tokio::time::timeout(STEP_TIMEOUT, socket.connect(addr))
@@ -266,7 +296,10 @@ impl WsClient {
         .expect("upgrade succeeds");
         let mut c = WsClient { ws };
         let welcome = c.recv_json().await;
-        assert_eq!(welcome["op"], "welcome", "first frame is welcome: {welcome}");
+        assert_eq!(
+            welcome["op"], "welcome",
+            "first frame is welcome: {welcome}"
+        );
         (c, welcome)
     }
 }
@@ -299,7 +332,11 @@ pub struct RawWs {
 /// Sends an upgrade request to `path` with `headers` added, and reads the
 /// response head. Returns (status, response head, connection); on a refusal
 /// the rest of the response (the body) can be read with [`RawWs::read_to_end`].
-pub async fn raw_upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, RawWs) {
+pub async fn raw_upgrade(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, RawWs) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -309,7 +346,10 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)])
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await.expect("write upgrade request");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("write upgrade request");
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -320,11 +360,19 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str, headers: &[(&str, &str)])
             .await
             .expect("response head in time")
             .expect("read response head");
-        assert!(n > 0, "connection closed before the response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before the response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let rest = buf.split_off(head_end);
     (status, head, RawWs { stream, buf: rest })
 }
@@ -382,8 +430,11 @@ impl RawWs {
     pub async fn read_close(&mut self) -> Option<(u16, String)> {
         while let Some((op, payload)) = self.read_frame().await {
             if op == opcode::CLOSE {
-                let code = payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
-                let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).to_string();
+                let code = payload
+                    .get(..2)
+                    .map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                let reason =
+                    String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).to_string();
                 return Some((code, reason));
             }
         }
@@ -410,10 +461,41 @@ fn parse_server_frame(buf: &[u8]) -> Option<((u8, Vec<u8>), usize)> {
     let opcode = buf[0] & 0x0f;
     let (len, header) = match buf[1] & 0x7f {
         126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize, 10),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize,
+            10,
+        ),
         126 | 127 => return None,
         n => (n as usize, 2),
     };
     let end = header + len;
     (buf.len() >= end).then(|| ((opcode, buf[header..end].to_vec()), end))
+}
+
+/// The status a real WebSocket client gets for an upgrade to `url` with
+/// `headers` added: 101 when upgraded (the connection is then dropped), else
+/// the refusal's status. Unlike [`WsClient::connect_with`], whose error path
+/// reads the first number of the error text (always the 101 of "expected
+/// HTTP 101 Switching Protocols, got status code 403"), this matches the
+/// error variant.
+pub async fn upgrade_status(url: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut b = ClientBuilder::new().uri(url).expect("url");
+    for (k, v) in headers {
+        b = b
+            .add_header(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                http::HeaderValue::from_str(v).expect("header value"),
+            )
+            .expect("header");
+    }
+    match tokio::time::timeout(STEP_TIMEOUT, b.connect())
+        .await
+        .expect("connect in time")
+    {
+        Ok(_) => 101,
+        Err(tokio_websockets::Error::Upgrade(
+            tokio_websockets::upgrade::Error::DidNotSwitchProtocols(status),
+        )) => status,
+        Err(e) => panic!("connect failed: {e}"),
+    }
 }

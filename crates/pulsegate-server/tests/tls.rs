@@ -1,0 +1,200 @@
+//! `wss://` and `https://` on one TLS listener, with a self-signed
+//! certificate for 127.0.0.1/localhost made at test time (rcgen) and
+//! trusted explicitly by the client (rustls, aws-lc-rs provider).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_websockets::{ClientBuilder, Connector, Message};
+
+use pulsegate_testkit::{TestServer, STEP_TIMEOUT};
+
+/// A certificate for 127.0.0.1 and localhost, written as PEM files into a
+/// temporary directory that lives as long as this value.
+struct SelfSigned {
+    _dir: tempfile::TempDir,
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    cert_der: CertificateDer<'static>,
+}
+
+fn self_signed() -> SelfSigned {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("certificate generated");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).expect("write key");
+    SelfSigned {
+        _dir: dir,
+        cert_path,
+        key_path,
+        cert_der: certified.cert.der().clone(),
+    }
+}
+
+/// A client config that trusts exactly `cert`.
+fn client_config(cert: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).expect("add root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Arc::new(config)
+}
+
+async fn tls_server(cert: &SelfSigned) -> TestServer {
+    TestServer::start_with(|c| {
+        c.tls.cert = Some(cert.cert_path.clone());
+        c.tls.key = Some(cert.key_path.clone());
+    })
+    .await
+}
+
+/// Next text frame as JSON, skipping pings.
+async fn next_json<S>(ws: &mut tokio_websockets::WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(STEP_TIMEOUT, ws.next())
+            .await
+            .expect("frame in time")
+            .expect("stream open")
+            .expect("valid frame");
+        if let Some(t) = m.as_text() {
+            return serde_json::from_str(t).expect("JSON");
+        }
+    }
+}
+
+#[tokio::test]
+async fn wss_subscribe_and_publish_round_trip() {
+    let cert = self_signed();
+    let server = tls_server(&cert).await;
+    let connector = Connector::Rustls(tokio_rustls::TlsConnector::from(client_config(
+        &cert.cert_der,
+    )));
+    let url = format!("wss://{}/ws", server.addr);
+    let connect = || async {
+        let (ws, _) = ClientBuilder::new()
+            .uri(&url)
+            .expect("url")
+            .connector(&connector)
+            .connect()
+            .await
+            .expect("wss upgrade succeeds");
+        ws
+    };
+
+    let mut subscriber = connect().await;
+    assert_eq!(next_json(&mut subscriber).await["op"], "welcome");
+    let mut publisher = connect().await;
+    assert_eq!(next_json(&mut publisher).await["op"], "welcome");
+
+    subscriber
+        .send(Message::text(
+            json!({"op": "sub", "id": 1, "topic": "site/a/power"}).to_string(),
+        ))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_json(&mut subscriber).await,
+        json!({"op": "ok", "id": 1})
+    );
+    publisher
+        .send(Message::text(
+            json!({"op": "pub", "id": 2, "topic": "site/a/power", "data": {"w": 1520}}).to_string(),
+        ))
+        .await
+        .expect("send");
+    let ok = next_json(&mut publisher).await;
+    assert_eq!(
+        (&ok["op"], &ok["id"], &ok["seq"]),
+        (&json!("ok"), &json!(2), &json!(1))
+    );
+    let m = next_json(&mut subscriber).await;
+    assert_eq!(
+        (&m["op"], &m["topic"], &m["seq"], &m["data"]),
+        (
+            &json!("msg"),
+            &json!("site/a/power"),
+            &json!(1),
+            &json!({"w": 1520})
+        )
+    );
+}
+
+#[tokio::test]
+async fn wss_is_refused_by_a_client_that_does_not_trust_the_certificate() {
+    let cert = self_signed();
+    let server = tls_server(&cert).await;
+    let other = self_signed();
+    let connector = Connector::Rustls(tokio_rustls::TlsConnector::from(client_config(
+        &other.cert_der,
+    )));
+
+    let result = ClientBuilder::new()
+        .uri(&format!("wss://{}/ws", server.addr))
+        .expect("url")
+        .connector(&connector)
+        .connect()
+        .await;
+    let Err(err) = result else {
+        panic!("the TLS handshake must fail with an untrusted certificate")
+    };
+    let err = err.to_string();
+    assert!(err.contains("certificate"), "{err}");
+}
+
+/// One HTTPS request with `Connection: close`; returns (status, body).
+async fn https_get(addr: SocketAddr, cert: &CertificateDer<'static>, path: &str) -> (u16, Value) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(client_config(cert));
+    let name = ServerName::IpAddress(addr.ip().into());
+    let mut tls = tokio::time::timeout(STEP_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake in time")
+        .expect("TLS handshake");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    // A peer closing without close_notify is an UnexpectedEof error after the data.
+    let _ = tokio::time::timeout(STEP_TIMEOUT, tls.read_to_end(&mut buf))
+        .await
+        .expect("response in time");
+    let text = String::from_utf8(buf).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, serde_json::from_str(body).expect("JSON body"))
+}
+
+#[tokio::test]
+async fn https_serves_the_http_routes_on_the_same_listener() {
+    let cert = self_signed();
+    let server = tls_server(&cert).await;
+
+    assert_eq!(
+        https_get(server.addr, &cert.cert_der, "/healthz").await,
+        (200, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        https_get(server.addr, &cert.cert_der, "/readyz").await,
+        (200, json!({"status": "ready"}))
+    );
+}
