@@ -18,7 +18,11 @@ fn publish_fanout(c: &mut Criterion) {
         let pattern = Pattern::parse("site/a/power", 256).unwrap();
         let outboxes: Vec<Arc<Outbox>> = (0..n as u64)
             .map(|id| {
-                let codec = if id % 10 == 0 { Codec::MsgPack } else { Codec::Json };
+                let codec = if id % 10 == 0 {
+                    Codec::MsgPack
+                } else {
+                    Codec::Json
+                };
                 let ob = Outbox::new(
                     id,
                     codec,
@@ -65,10 +69,14 @@ fn publish_fanout(c: &mut Criterion) {
 fn encode_msg(c: &mut Criterion) {
     let data = br#"{"w":1520,"v":230.1,"site":"a"}"#;
     c.bench_function("encode_msg_json", |b| {
-        b.iter(|| Codec::Json.encode_msg("site/a/power", 42, "a8b9c6780", 1_732_400_000_123_456, data))
+        b.iter(|| {
+            Codec::Json.encode_msg("site/a/power", 42, "a8b9c6780", 1_732_400_000_123_456, data)
+        })
     });
     c.bench_function("encode_msg_msgpack", |b| {
-        b.iter(|| Codec::MsgPack.encode_msg("site/a/power", 42, "a8b9c6780", 1_732_400_000_123_456, data))
+        b.iter(|| {
+            Codec::MsgPack.encode_msg("site/a/power", 42, "a8b9c6780", 1_732_400_000_123_456, data)
+        })
     });
 }
 

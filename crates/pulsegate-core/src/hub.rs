@@ -347,7 +347,7 @@ impl Hub {
         self.stats
             .not_recovered
             .fetch_add(outcome.not_recovered.len() as u64, Relaxed);
-        outbox.push_reply(make_ok(&outcome));
+        outbox.push_reply(make_ok(&outcome), &self.stats);
         for (i, (_, inner)) in guards.iter_mut().enumerate() {
             if let Some(&(_, after)) = replays.iter().find(|(r, _)| *r == i) {
                 for m in inner.history.iter().filter(|m| m.seq > after) {

@@ -44,8 +44,19 @@ pub struct OutboxLimits {
 pub enum CloseReason {
     /// Queue overflow under [`SlowConsumerPolicy::Disconnect`].
     SlowConsumer,
-    /// Closed by an operator or by the server (shutdown).
+    /// Closed by an operator (admin API).
     Kicked,
+    /// The connection ended (client close, error, timeout, shutdown).
+    Ended,
+}
+
+impl CloseReason {
+    fn drop_reason(self) -> DropReason {
+        match self {
+            CloseReason::SlowConsumer => DropReason::SlowConsumerClose,
+            CloseReason::Kicked | CloseReason::Ended => DropReason::ConnectionClosed,
+        }
+    }
 }
 
 /// A frame waiting to be written.
@@ -57,6 +68,8 @@ pub struct Outgoing {
     pub topic: Option<Arc<str>>,
     /// Server ingress time of a data message (µs), 0 for replies; for the delivery-lag histogram.
     pub ingress_ts: u64,
+    /// Replay or snapshot: exempt from the bounds and from conflation.
+    pub forced: bool,
 }
 
 /// Result of pushing a message.
@@ -70,7 +83,7 @@ pub enum PushOutcome {
     DroppedOldest,
     /// The queue overflowed and is now closed (disconnect policy).
     Overflow,
-    /// The queue was already closed; the message was dropped.
+    /// The queue was already closed; the message was dropped (and counted).
     Closed,
 }
 
@@ -78,7 +91,61 @@ pub enum PushOutcome {
 struct State {
     items: VecDeque<Outgoing>,
     bytes: usize,
+    /// Forced frames (replay, snapshot) still queued, and their bytes: they
+    /// do not count against the bounds, so a recovery never trips the
+    /// slow-consumer policy by itself.
+    forced_items: usize,
+    forced_bytes: usize,
     closed: Option<CloseReason>,
+}
+
+impl State {
+    /// Frames and bytes that count against the bounds.
+    fn bounded(&self) -> (usize, usize) {
+        (
+            self.items.len() - self.forced_items,
+            self.bytes - self.forced_bytes,
+        )
+    }
+
+    fn push(&mut self, item: Outgoing) {
+        self.bytes += item.frame.len();
+        if item.forced {
+            self.forced_items += 1;
+            self.forced_bytes += item.frame.len();
+        }
+        self.items.push_back(item);
+    }
+
+    fn remove(&mut self, pos: usize) -> Option<Outgoing> {
+        let item = self.items.remove(pos)?;
+        self.forget(&item);
+        Some(item)
+    }
+
+    fn pop_front(&mut self) -> Option<Outgoing> {
+        let item = self.items.pop_front()?;
+        self.forget(&item);
+        Some(item)
+    }
+
+    fn forget(&mut self, item: &Outgoing) {
+        self.bytes -= item.frame.len();
+        if item.forced {
+            self.forced_items -= 1;
+            self.forced_bytes -= item.frame.len();
+        }
+    }
+
+    /// Empties the queue and returns how many data frames were discarded.
+    fn discard(&mut self) -> u64 {
+        let data = self.items.iter().filter(|i| i.topic.is_some()).count() as u64;
+        *self = State {
+            closed: self.closed,
+            ..State::default()
+        };
+        data
+    }
 }
 
 /// A connection's bounded outbound queue.
@@ -127,23 +194,25 @@ impl Outbox {
             frame: msg.frame(self.codec),
             topic: Some(msg.topic.clone()),
             ingress_ts: msg.ts,
+            forced: false,
         };
+        let len = item.frame.len();
         let mut st = self.state.lock();
-        if st.closed.is_some() {
-            stats.count_drop(DropReason::SlowConsumerClose, 1);
+        if let Some(reason) = st.closed {
+            drop(st);
+            stats.count_drop(reason.drop_reason(), 1);
             return PushOutcome::Closed;
         }
-        let len = item.frame.len();
-        let over =
-            st.items.len() >= self.limits.max_messages || st.bytes + len > self.limits.max_bytes;
+        let over = |st: &State| {
+            let (n, b) = st.bounded();
+            n >= self.limits.max_messages || b + len > self.limits.max_bytes
+        };
         let mut outcome = PushOutcome::Queued;
-        if over {
+        if over(&st) {
             match self.limits.policy {
                 SlowConsumerPolicy::Disconnect => {
-                    let dropped = st.items.iter().filter(|i| i.topic.is_some()).count() as u64 + 1;
-                    st.items.clear();
-                    st.bytes = 0;
                     st.closed = Some(CloseReason::SlowConsumer);
+                    let dropped = st.discard() + 1;
                     drop(st);
                     stats.count_drop(DropReason::SlowConsumerClose, dropped);
                     stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
@@ -154,23 +223,22 @@ impl Outbox {
                     let same = st
                         .items
                         .iter()
-                        .rposition(|i| i.topic.as_deref() == Some(&*msg.topic));
+                        .rposition(|i| !i.forced && i.topic.as_deref() == Some(&*msg.topic));
                     if let Some(pos) = same {
-                        let old = std::mem::replace(&mut st.items[pos], item);
-                        st.bytes = st.bytes - old.frame.len() + len;
+                        st.bytes = st.bytes - st.items[pos].frame.len() + len;
+                        st.items[pos] = item;
                         drop(st);
                         stats.count_drop(DropReason::Conflated, 1);
                         return PushOutcome::Conflated;
                     }
                     // No pending message of this topic: make room by dropping the oldest data frames.
-                    while st.items.len() >= self.limits.max_messages
-                        || (st.bytes + len > self.limits.max_bytes && !st.items.is_empty())
-                    {
-                        let Some(pos) = st.items.iter().position(|i| i.topic.is_some()) else {
+                    while over(&st) {
+                        let Some(pos) =
+                            st.items.iter().position(|i| !i.forced && i.topic.is_some())
+                        else {
                             break;
                         };
-                        let old = st.items.remove(pos).expect("position is in range");
-                        st.bytes -= old.frame.len();
+                        st.remove(pos);
                         stats.count_drop(DropReason::QueueFull, 1);
                         outcome = PushOutcome::DroppedOldest;
                     }
@@ -178,8 +246,7 @@ impl Outbox {
             }
         }
         let was_empty = st.items.is_empty();
-        st.bytes += len;
-        st.items.push_back(item);
+        st.push(item);
         drop(st);
         stats.enqueued.fetch_add(1, Relaxed);
         if was_empty {
@@ -189,33 +256,34 @@ impl Outbox {
     }
 
     /// Pushes a message that must not be dropped (replay after recovery,
-    /// snapshot): it may exceed the bounds by at most the history size.
+    /// snapshot). Forced frames are not counted against the bounds nor
+    /// conflated: a recovery queues up to `history.max_messages` per
+    /// recovered topic on top of the bounds, once.
     pub fn push_msg_forced(&self, msg: &Message) {
         self.push_raw(Outgoing {
             frame: msg.frame(self.codec),
             topic: Some(msg.topic.clone()),
             ingress_ts: msg.ts,
+            forced: true,
         });
     }
 
     /// Pushes a reply or other control frame of our protocol. Replies are
     /// produced by the client's own requests, which the connection reads
     /// one at a time, so they are bounded by the client's request rate; a
-    /// client that sends requests and never reads replies overflows the
-    /// byte bound and is closed as a slow consumer.
-    pub fn push_reply(&self, frame: Bytes) -> bool {
-        {
-            let st = self.state.lock();
-            if st.bytes > self.limits.max_bytes.saturating_mul(2) {
-                drop(st);
-                self.close(CloseReason::SlowConsumer);
-                return false;
-            }
+    /// client that sends requests and never reads replies overflows twice
+    /// the byte bound and is closed as a slow consumer.
+    pub fn push_reply(&self, frame: Bytes, stats: &HubStats) -> bool {
+        let over = self.state.lock().bounded().1 > self.limits.max_bytes.saturating_mul(2);
+        if over {
+            self.close(CloseReason::SlowConsumer, stats);
+            return false;
         }
         self.push_raw(Outgoing {
             frame,
             topic: None,
             ingress_ts: 0,
+            forced: false,
         });
         true
     }
@@ -226,24 +294,28 @@ impl Outbox {
             return;
         }
         let was_empty = st.items.is_empty();
-        st.bytes += item.frame.len();
-        st.items.push_back(item);
+        st.push(item);
         drop(st);
         if was_empty {
             self.ready.notify_one();
         }
     }
 
-    /// Closes the queue: pending frames are discarded and the connection
-    /// task sees the reason on its next [`Outbox::take_batch`].
-    pub fn close(&self, reason: CloseReason) {
+    /// Closes the queue: pending data frames are discarded and counted as
+    /// drops for `reason`, later pushes are dropped and counted too, and the
+    /// connection task sees the reason on its next [`Outbox::take_batch`].
+    pub fn close(&self, reason: CloseReason, stats: &HubStats) {
         let mut st = self.state.lock();
-        if st.closed.is_none() {
-            st.closed = Some(reason);
-            st.items.clear();
-            st.bytes = 0;
+        if st.closed.is_some() {
+            return;
         }
+        st.closed = Some(reason);
+        let dropped = st.discard();
         drop(st);
+        if reason == CloseReason::SlowConsumer {
+            stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
+        }
+        stats.count_drop(reason.drop_reason(), dropped);
         self.ready.notify_one();
     }
 
@@ -261,20 +333,19 @@ impl Outbox {
         }
         let mut bytes = 0;
         while out.len() < max_frames && bytes < max_bytes {
-            let Some(item) = st.items.pop_front() else {
+            let Some(item) = st.pop_front() else {
                 break;
             };
             bytes += item.frame.len();
             out.push(item);
         }
-        st.bytes -= bytes;
         if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
             st.items = VecDeque::new();
         }
         Ok(())
     }
 
-    /// True once the queue was closed (slow consumer, kicked).
+    /// True once the queue was closed.
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed.is_some()
     }
@@ -358,6 +429,43 @@ mod tests {
         assert_eq!(seqs(&ob), vec![("b".into(), 1), ("c".into(), 1)]);
         assert_eq!(stats.drops(DropReason::Conflated), 2);
         assert_eq!(stats.drops(DropReason::QueueFull), 1);
+    }
+
+    #[test]
+    fn forced_frames_are_outside_the_bounds_and_never_conflated() {
+        let stats = HubStats::default();
+        for policy in [SlowConsumerPolicy::Disconnect, SlowConsumerPolicy::Conflate] {
+            let ob = outbox(2, policy);
+            for s in 1..=5 {
+                ob.push_msg_forced(&msg("a", s));
+            }
+            assert_eq!(
+                ob.push_msg(&msg("a", 6), &stats),
+                PushOutcome::Queued,
+                "{policy:?}"
+            );
+            assert_eq!(
+                ob.push_msg(&msg("a", 7), &stats),
+                PushOutcome::Queued,
+                "{policy:?}"
+            );
+            let want: Vec<(String, u64)> = (1..=7).map(|s| ("a".to_string(), s)).collect();
+            assert_eq!(seqs(&ob), want, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn closing_counts_what_was_queued_and_what_comes_later() {
+        let stats = HubStats::default();
+        let ob = outbox(10, SlowConsumerPolicy::Disconnect);
+        ob.push_msg(&msg("a", 1), &stats);
+        ob.push_msg(&msg("a", 2), &stats);
+        ob.push_reply(Bytes::from_static(b"{}"), &stats);
+        ob.close(CloseReason::Ended, &stats);
+        assert_eq!(ob.push_msg(&msg("a", 3), &stats), PushOutcome::Closed);
+        assert_eq!(stats.drops(DropReason::ConnectionClosed), 3);
+        assert_eq!(stats.slow_consumer_disconnects.load(Relaxed), 0);
+        assert_eq!(ob.depth(), (0, 0));
     }
 
     #[test]

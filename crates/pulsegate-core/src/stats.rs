@@ -14,6 +14,9 @@ pub enum DropReason {
     /// The subscriber was disconnected as a slow consumer; its queued and
     /// incoming messages are dropped (`disconnect` policy). The client recovers them with `since`.
     SlowConsumerClose,
+    /// Queued for a connection that then ended for another reason (client
+    /// close, error, pong timeout, shutdown), or published to it while it was closing.
+    ConnectionClosed,
 }
 
 impl DropReason {
@@ -23,6 +26,7 @@ impl DropReason {
             DropReason::Conflated => "conflated",
             DropReason::QueueFull => "queue_full",
             DropReason::SlowConsumerClose => "slow_consumer_close",
+            DropReason::ConnectionClosed => "connection_closed",
         }
     }
 }
@@ -40,6 +44,8 @@ pub struct HubStats {
     pub dropped_queue_full: AtomicU64,
     /// See [`DropReason::SlowConsumerClose`].
     pub dropped_slow_consumer: AtomicU64,
+    /// See [`DropReason::ConnectionClosed`].
+    pub dropped_connection_closed: AtomicU64,
     /// Subscribers closed as slow consumers.
     pub slow_consumer_disconnects: AtomicU64,
     /// Recovery requests per topic that were answered with a replay.
@@ -55,6 +61,7 @@ impl HubStats {
             DropReason::Conflated => &self.dropped_conflated,
             DropReason::QueueFull => &self.dropped_queue_full,
             DropReason::SlowConsumerClose => &self.dropped_slow_consumer,
+            DropReason::ConnectionClosed => &self.dropped_connection_closed,
         };
         c.fetch_add(n, Relaxed);
     }
@@ -65,6 +72,7 @@ impl HubStats {
             DropReason::Conflated => self.dropped_conflated.load(Relaxed),
             DropReason::QueueFull => self.dropped_queue_full.load(Relaxed),
             DropReason::SlowConsumerClose => self.dropped_slow_consumer.load(Relaxed),
+            DropReason::ConnectionClosed => self.dropped_connection_closed.load(Relaxed),
         }
     }
 }

@@ -63,8 +63,28 @@ struct Wire<D> {
     snapshot: Option<bool>,
     #[serde(default)]
     since: Option<std::collections::BTreeMap<String, Position>>,
-    #[serde(default)]
+    /// `Some` whenever the field is present, even as `null`: null is a valid payload.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        bound(deserialize = "D: Deserialize<'de>")
+    )]
     data: Option<D>,
+}
+
+fn present<'de, D: Deserialize<'de>, De: serde::Deserializer<'de>>(
+    d: De,
+) -> Result<Option<D>, De::Error> {
+    D::deserialize(d).map(Some)
+}
+
+/// A frame must be a JSON object / MessagePack map; serde would otherwise
+/// also accept an array of fields by position.
+fn is_map(codec: Codec, bytes: &[u8]) -> bool {
+    match codec {
+        Codec::Json => bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+        Codec::MsgPack => matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)),
+    }
 }
 
 impl Codec {
@@ -98,6 +118,19 @@ impl Codec {
 
     /// Decodes one client frame.
     pub fn decode(self, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+        if !is_map(self, bytes) {
+            return Err(bad_encoding(
+                format!(
+                    "a frame must be one {} object",
+                    if self == Codec::Json {
+                        "JSON"
+                    } else {
+                        "MessagePack map"
+                    }
+                ),
+                None,
+            ));
+        }
         match self {
             Codec::Json => {
                 let wire: Wire<Box<RawValue>> = serde_json::from_slice(bytes).map_err(|e| {
@@ -368,6 +401,26 @@ mod tests {
     }
 
     #[test]
+    fn null_data_is_a_payload() {
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let frame = ClientFrame::Pub {
+                id: None,
+                topic: "a".into(),
+                data: Bytes::from_static(b"null"),
+            };
+            assert_eq!(
+                codec.decode(&codec.encode_client(&frame)).unwrap(),
+                frame,
+                "{codec:?}"
+            );
+        }
+        let e = Codec::Json
+            .decode(br#"{"op":"pub","topic":"a"}"#)
+            .unwrap_err();
+        assert_eq!(e.message, "pub needs `data`");
+    }
+
+    #[test]
     fn decode_errors() {
         let e = Codec::Json.decode(b"{nope").unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
@@ -380,6 +433,12 @@ mod tests {
         assert_eq!(e.kind, DecodeErrorKind::BadRequest);
         assert_eq!(e.id, Some(Id::Num(3)));
         let e = Codec::Json.decode(br#"[1,2]"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
+        let e = Codec::Json.decode(br#"["ping",7]"#).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
+        let e = Codec::MsgPack
+            .decode(&rmp_serde::to_vec(&("ping", 7)).unwrap())
+            .unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
         let e = Codec::Json
             .decode(br#"{"op":"sub","id":2,"topic":5}"#)

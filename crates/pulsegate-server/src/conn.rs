@@ -94,16 +94,22 @@ pub async fn serve_ws<S>(
     };
     ServerStats::inc(&conn.shared.stats.accepted);
     let hb = conn.shared.config.heartbeat.clone();
-    conn.outbox
-        .push_reply(conn.codec.encode(&ServerFrame::Welcome {
+    conn.outbox.push_reply(
+        conn.codec.encode(&ServerFrame::Welcome {
             conn: id.to_string(),
             node: conn.shared.node.clone(),
             ping_interval_ms: hb.ping_interval.as_millis() as u64,
-        }));
+        }),
+        conn.shared.hub.stats(),
+    );
 
     let end = Box::pin(conn.run(&hb)).await;
     // Boxed: the close handshake's state is needed once, not for the connection's life.
     let (code, initiator) = Box::pin(conn.finish(end)).await;
+    // Whatever is still queued, or published to us until the hub forgets
+    // this connection, is counted as dropped (`connection_closed`).
+    conn.outbox
+        .close(CloseReason::Ended, conn.shared.hub.stats());
     conn.shared.hub.remove_connection(id, conn.subs.iter());
     tracing::info!(
         conn = id,
@@ -246,7 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         "slow consumer".into(),
                     ))
                 }
-                Err(CloseReason::Kicked) => {
+                Err(CloseReason::Kicked | CloseReason::Ended) => {
                     return Err(End::Close(close_code::KICKED, "closed by operator".into()))
                 }
             }
@@ -479,7 +485,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn reply(&self, frame: ServerFrame) {
-        self.outbox.push_reply(self.codec.encode(&frame));
+        self.outbox
+            .push_reply(self.codec.encode(&frame), self.shared.hub.stats());
     }
 
     fn error(&self, id: Option<Id>, code: ErrorCode, message: String) {

@@ -110,6 +110,7 @@ fn stats(shared: &Shared) -> Resp {
                 "conflated": h.dropped_conflated.load(Relaxed),
                 "queue_full": h.dropped_queue_full.load(Relaxed),
                 "slow_consumer_close": h.dropped_slow_consumer.load(Relaxed),
+                "connection_closed": h.dropped_connection_closed.load(Relaxed),
             },
             "slow_consumer_disconnects": h.slow_consumer_disconnects.load(Relaxed),
             "pong_timeouts": s.pong_timeouts.load(Relaxed),
