@@ -148,8 +148,9 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Most WebSocket connections open at once on this node; further TCP
-    /// connections are refused until one closes. Default `10000`.
+    /// Most WebSocket connections open at once on this node; beyond it an
+    /// upgrade gets 503 and `/readyz` says `at_capacity` (HTTP keeps
+    /// working). Default `10000`.
     pub max_connections: usize,
     /// Most connections open at once from one client IP address. Default `1000`.
     pub max_connections_per_ip: usize,
@@ -163,9 +164,10 @@ pub struct LimitsConfig {
     /// Longest topic or pattern accepted, in bytes (at most 65535).
     /// Default `256`.
     pub max_topic_length: usize,
-    /// Malformed JSON or an unknown `op` is answered with an `error` frame;
-    /// after this many such errors on one connection it is closed with close
-    /// code 1008 (policy violation). Default `10`.
+    /// A malformed frame (bad JSON or MessagePack, wrong frame type, missing
+    /// field, invalid topic, unknown `op`) is answered with an `error` frame;
+    /// the error that makes the count exceed this limit is answered too,
+    /// then the connection is closed with close code 1008. Default `10`.
     pub max_protocol_errors: u32,
 }
 
@@ -186,8 +188,8 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeartbeatConfig {
-    /// How often the server sends a WebSocket ping on an otherwise idle
-    /// connection. Keep it below the idle timeout of any proxy or load
+    /// How often the server sends a WebSocket ping on every connection,
+    /// whatever its traffic (it also measures the round trip). Keep it below the idle timeout of any proxy or load
     /// balancer in front of pulsegate. Default `25s`.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
