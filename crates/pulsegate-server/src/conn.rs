@@ -103,9 +103,12 @@ pub async fn serve_ws<S>(
         conn.shared.hub.stats(),
     );
 
-    let end = Box::pin(conn.run(&hb)).await;
+    // Boxed in their own statements so the unboxed futures never sit in this one's state.
+    let running = Box::pin(conn.run(&hb));
+    let end = running.await;
     // Boxed: the close handshake's state is needed once, not for the connection's life.
-    let (code, initiator) = Box::pin(conn.finish(end)).await;
+    let finishing = Box::pin(conn.finish(end));
+    let (code, initiator) = finishing.await;
     // Whatever is still queued, or published to us until the hub forgets
     // this connection, is counted as dropped (`connection_closed`).
     conn.outbox

@@ -217,28 +217,45 @@ async fn handle_socket(
 ) {
     // Small frames must not wait for Nagle + delayed ACK (~40 ms).
     let _ = stream.set_nodelay(true);
-    let timeout = shared.config.server.handshake_timeout;
     // Each phase is boxed separately so the task holds only the memory of
     // the phase it is in: a spawned future is as large as its largest
     // state, and the handshake and TLS states are much larger than an
     // idle WebSocket connection needs (see docs/ARCHITECTURE.md, memory).
+    // Futures are boxed in their own `let` statements: a temporary in an
+    // `.await` expression stays in the caller's state until the statement
+    // ends, which would put the whole unboxed future back into the task.
     match tls {
         None => {
-            let next = Box::pin(prepare(shared.clone(), stream, peer)).await;
-            Box::pin(run_next(shared, next)).await;
+            let prepared = Box::pin(prepare(shared.clone(), stream, peer));
+            let next = prepared.await;
+            let live = Box::pin(run_next(shared, next));
+            live.await;
         }
         Some(acceptor) => {
-            let accepted = Box::pin(tokio::time::timeout(timeout, acceptor.accept(stream))).await;
-            match accepted {
-                Ok(Ok(tls_stream)) => {
-                    let next = Box::pin(prepare(shared.clone(), tls_stream, peer)).await;
-                    Box::pin(run_next(shared, next)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            let tls = Box::pin(handle_tls(shared, stream, peer, acceptor));
+            tls.await;
         }
     }
+}
+
+/// The TLS handshake, then the same path as a plain connection. A separate
+/// function so the TLS stream's size never enlarges plain connections' tasks.
+async fn handle_tls(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+) {
+    let timeout = shared.config.server.handshake_timeout;
+    let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let prepared = Box::pin(prepare(shared.clone(), tls_stream, peer));
+    let next = prepared.await;
+    let live = Box::pin(run_next(shared, next));
+    live.await;
 }
 
 /// What a connection becomes once its request head was read.
@@ -257,12 +274,13 @@ async fn run_next<S>(shared: Arc<Shared>, next: Next<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match next {
-        Next::Ws(ws, meta, slot) => Box::pin(serve_ws(shared, ws, meta, slot)).await,
-        Next::Echo(ws, slot) => Box::pin(serve_echo(ws, slot)).await,
-        Next::Http(io) => Box::pin(serve_http(shared, io)).await,
-        Next::Done => {}
-    }
+    let live: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match next {
+        Next::Ws(ws, meta, slot) => Box::pin(serve_ws(shared, ws, meta, slot)),
+        Next::Echo(ws, slot) => Box::pin(serve_echo(ws, slot)),
+        Next::Http(io) => Box::pin(serve_http(shared, io)),
+        Next::Done => return,
+    };
+    live.await;
 }
 
 /// Reads the request head, answers refusals, and performs the upgrade.
