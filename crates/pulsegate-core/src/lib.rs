@@ -17,5 +17,7 @@ pub mod stats;
 pub use backplane::{Backplane, BackplaneError, MemoryBackplane};
 pub use hub::{Hub, HubConfig, HubError, SubscribeOutcome, TopicInfo};
 pub use message::{now_micros, Message};
-pub use outbox::{CloseReason, Outbox, OutboxLimits, Outgoing, PushOutcome, SlowConsumerPolicy};
+pub use outbox::{
+    CloseReason, Control, Outbox, OutboxLimits, Outgoing, PushOutcome, SlowConsumerPolicy,
+};
 pub use stats::{DropReason, HubStats};

@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use pulsegate_proto::Codec;
-use tokio::sync::Notify;
+use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::task::{Context, Poll};
 
 use crate::message::Message;
 use crate::stats::{DropReason, HubStats};
@@ -57,6 +59,16 @@ impl CloseReason {
             CloseReason::Kicked | CloseReason::Ended => DropReason::ConnectionClosed,
         }
     }
+}
+
+/// What the server asks of a connection task, out of band of its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Control {
+    /// Close with 1001 at a random moment within the drain period.
+    Drain = 1,
+    /// Close now.
+    Terminate = 2,
 }
 
 /// A frame waiting to be written.
@@ -155,7 +167,13 @@ pub struct Outbox {
     codec: Codec,
     limits: OutboxLimits,
     state: Mutex<State>,
-    ready: Notify,
+    /// The connection task's waker, and whether something happened since it
+    /// last looked. An `AtomicWaker` rather than a `Notify`: re-polling a
+    /// waiting `Notify` takes a mutex, and the task polls once per batch.
+    waker: AtomicWaker,
+    signaled: AtomicBool,
+    /// Highest [`Control`] requested by the server (0 = none).
+    control: AtomicU8,
     /// Frames written to the socket (updated by the connection task).
     pub sent_frames: AtomicU64,
 }
@@ -171,7 +189,9 @@ impl Outbox {
             codec,
             limits,
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
+            signaled: AtomicBool::new(false),
+            control: AtomicU8::new(0),
             sent_frames: AtomicU64::new(0),
         })
     }
@@ -216,7 +236,7 @@ impl Outbox {
                     drop(st);
                     stats.count_drop(DropReason::SlowConsumerClose, dropped);
                     stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
-                    self.ready.notify_one();
+                    self.signal();
                     return PushOutcome::Overflow;
                 }
                 SlowConsumerPolicy::Conflate => {
@@ -250,7 +270,7 @@ impl Outbox {
         drop(st);
         stats.enqueued.fetch_add(1, Relaxed);
         if was_empty {
-            self.ready.notify_one();
+            self.signal();
         }
         outcome
     }
@@ -297,7 +317,7 @@ impl Outbox {
         st.push(item);
         drop(st);
         if was_empty {
-            self.ready.notify_one();
+            self.signal();
         }
     }
 
@@ -316,7 +336,7 @@ impl Outbox {
             stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
         }
         stats.count_drop(reason.drop_reason(), dropped);
-        self.ready.notify_one();
+        self.signal();
     }
 
     /// Moves up to `max_frames` / about `max_bytes` queued frames into `out`
@@ -356,10 +376,45 @@ impl Outbox {
         (st.items.len(), st.bytes)
     }
 
-    /// Waits until something was pushed (or the queue was closed) since the
-    /// last call. Call [`Outbox::take_batch`] before waiting again.
+    fn signal(&self) {
+        self.signaled
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready when something was pushed, the queue was closed, or the server
+    /// requested a [`Control`] since the last time it returned ready.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        use std::sync::atomic::Ordering::AcqRel;
+        if self.signaled.swap(false, AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.signaled.swap(false, AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits for [`Outbox::poll_ready`]. Call [`Outbox::take_batch`] before waiting again.
     pub async fn ready(&self) {
-        self.ready.notified().await
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
+    }
+
+    /// Asks the connection task to drain or stop (the highest request wins).
+    pub fn request(&self, control: Control) {
+        self.control.fetch_max(control as u8, Relaxed);
+        self.signal();
+    }
+
+    /// The highest control requested so far.
+    pub fn control(&self) -> Option<Control> {
+        match self.control.load(Relaxed) {
+            1 => Some(Control::Drain),
+            2 => Some(Control::Terminate),
+            _ => None,
+        }
     }
 }
 

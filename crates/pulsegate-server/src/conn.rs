@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use pulsegate_core::{now_micros, CloseReason, HubError, Outbox, Outgoing};
+use pulsegate_core::{now_micros, CloseReason, Control, HubError, Outbox, Outgoing};
 use pulsegate_proto::{
     close_code, topic::validate_topic, ClientFrame, Codec, DecodeError, ErrorCode, Id, Pattern,
     Reply, ServerFrame,
@@ -93,6 +93,7 @@ pub async fn serve_ws<S>(
         shared,
     };
     ServerStats::inc(&conn.shared.stats.accepted);
+    conn.shared.register(id, &conn.outbox);
     let hb = conn.shared.config.heartbeat.clone();
     conn.outbox.push_reply(
         conn.codec.encode(&ServerFrame::Welcome {
@@ -113,6 +114,7 @@ pub async fn serve_ws<S>(
     // this connection, is counted as dropped (`connection_closed`).
     conn.outbox
         .close(CloseReason::Ended, conn.shared.hub.stats());
+    conn.shared.unregister(id);
     conn.shared.hub.remove_connection(id, conn.subs.iter());
     tracing::info!(
         conn = id,
@@ -139,6 +141,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut ping_sent = Instant::now();
         let mut ping_counter: u64 = 0;
         let mut drain_at: Option<Instant> = None;
+        // The server asks for drain or stop through the outbox (`Control`);
+        // a drain that began before this connection registered is seen here.
         if *self.shared.phase.borrow() != Phase::Running {
             drain_at = Some(Instant::now());
         }
@@ -151,30 +155,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let timer = tokio::time::sleep_until(next_deadline(next_ping, pong_deadline, drain_at));
         tokio::pin!(timer);
-        let phase_changed = wait_phase(self.shared.phase.subscribe());
-        tokio::pin!(phase_changed);
         loop {
             tokio::select! {
                 biased;
-                (rx, changed) = &mut phase_changed => {
-                    if changed.is_err() {
-                        return End::Close(close_code::GOING_AWAY, "server shutting down".into());
-                    }
-                    let p = *rx.borrow();
-                    phase_changed.set(wait_phase(rx));
-                    match p {
-                        Phase::Draining if drain_at.is_none() => {
-                            // Spread closes over the drain period so clients do not reconnect all at once.
-                            let period = self.shared.config.server.drain_period;
-                            drain_at = Some(Instant::now() + period.mul_f64(fastrand::f64()));
-                            timer.as_mut().reset(next_deadline(next_ping, pong_deadline, drain_at));
-                        }
-                        Phase::Terminate => {
-                            return End::Close(close_code::GOING_AWAY, "server shutting down".into());
-                        }
-                        _ => {}
-                    }
-                }
                 _ = &mut timer => {
                     let now = Instant::now();
                     if drain_at.is_some_and(|d| d <= now) {
@@ -229,6 +212,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                 }
                 _ = self.outbox.ready() => {
+                    match self.outbox.control() {
+                        Some(Control::Terminate) => {
+                            return End::Close(close_code::GOING_AWAY, "server shutting down".into());
+                        }
+                        Some(Control::Drain) if drain_at.is_none() => {
+                            // Spread closes over the drain period so clients do not reconnect all at once.
+                            let period = self.shared.config.server.drain_period;
+                            drain_at = Some(Instant::now() + period.mul_f64(fastrand::f64()));
+                            timer.as_mut().reset(next_deadline(next_ping, pong_deadline, drain_at));
+                        }
+                        _ => {}
+                    }
                     if let Err(end) = self.write_queued().await {
                         return end;
                     }
@@ -284,14 +279,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 ws.flush().await.map(|_| bytes)
             };
             tokio::pin!(write);
-            let deadline = Instant::now() + write_timeout;
-            let result = loop {
-                tokio::select! {
-                    r = &mut write => break r,
-                    _ = sleep_until(deadline) => return Err(End::WriteStalled),
-                    _ = outbox.ready() => {
-                        if outbox.is_closed() {
-                            return Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer".into()));
+            // Fast path: the socket usually takes the whole batch at once, and
+            // then no timer is armed — arming one per write would cost two
+            // timer-wheel operations per delivery.
+            let result = match futures_util::FutureExt::now_or_never(&mut write) {
+                Some(r) => r,
+                None => {
+                    let stall = sleep_until(Instant::now() + write_timeout);
+                    tokio::pin!(stall);
+                    loop {
+                        tokio::select! {
+                            r = &mut write => break r,
+                            _ = &mut stall => return Err(End::WriteStalled),
+                            _ = outbox.ready() => {
+                                if outbox.is_closed() {
+                                    return Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer".into()));
+                                }
+                            }
                         }
                     }
                 }
@@ -510,18 +514,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             )
         })
     }
-}
-
-/// Waits for the next phase change, handing the receiver back so the
-/// future can be re-armed without borrowing.
-async fn wait_phase(
-    mut rx: tokio::sync::watch::Receiver<Phase>,
-) -> (
-    tokio::sync::watch::Receiver<Phase>,
-    Result<(), tokio::sync::watch::error::RecvError>,
-) {
-    let r = rx.changed().await;
-    (rx, r)
 }
 
 fn hub_error_code(e: &HubError) -> ErrorCode {

@@ -125,8 +125,7 @@ impl Running {
 
     /// Closes every connection now.
     pub fn terminate(&self) {
-        self.shared.start_drain();
-        self.shared.phase.send_replace(Phase::Terminate);
+        self.shared.terminate();
     }
 
     /// Waits until every WebSocket connection has closed after [`Running::drain`]
@@ -139,7 +138,7 @@ impl Running {
         while self.shared.active_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.shared.phase.send_replace(Phase::Terminate);
+        self.shared.terminate();
         self.accept.abort();
         self.sweeper.abort();
         let _ = self.accept.await;
@@ -176,7 +175,7 @@ impl Running {
             }
             _ = second => {
                 tracing::warn!(connections = shared.active_connections(), "second signal: exiting now");
-                shared.phase.send_replace(Phase::Terminate);
+                shared.terminate();
             }
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pulsegate_core::{Hub, OutboxLimits, SlowConsumerPolicy};
+use pulsegate_core::{Control, Hub, Outbox, OutboxLimits, SlowConsumerPolicy};
 use tokio::sync::watch;
 
 use crate::config::{Config, SlowConsumer};
@@ -62,6 +62,9 @@ pub struct Shared {
     active: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     draining: AtomicBool,
+    /// Live WebSocket connections' outboxes, to reach them out of band
+    /// (drain, stop; the admin API later).
+    conns: Mutex<HashMap<u64, Arc<Outbox>>>,
 }
 
 impl Shared {
@@ -78,6 +81,7 @@ impl Shared {
             active: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
         })
     }
 
@@ -94,10 +98,36 @@ impl Shared {
         }
     }
 
-    /// Marks the server as draining.
+    /// Marks the server as draining and asks every connection to close
+    /// within the drain period.
     pub fn start_drain(&self) {
         self.draining.store(true, Relaxed);
         self.phase.send_replace(Phase::Draining);
+        self.request_all(Control::Drain);
+    }
+
+    /// Asks every connection to close now.
+    pub fn terminate(&self) {
+        self.draining.store(true, Relaxed);
+        self.phase.send_replace(Phase::Terminate);
+        self.request_all(Control::Terminate);
+    }
+
+    fn request_all(&self, control: Control) {
+        let conns: Vec<Arc<Outbox>> = self.conns.lock().values().cloned().collect();
+        for ob in conns {
+            ob.request(control);
+        }
+    }
+
+    /// Registers a live connection's outbox.
+    pub fn register(&self, id: u64, outbox: &Arc<Outbox>) {
+        self.conns.lock().insert(id, outbox.clone());
+    }
+
+    /// Forgets a closed connection.
+    pub fn unregister(&self, id: u64) {
+        self.conns.lock().remove(&id);
     }
 
     /// True once draining started.
