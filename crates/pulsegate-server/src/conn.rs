@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
+use crate::io::Hibernate;
 use crate::state::{ConnSlot, Phase, Shared};
 use crate::stats::ServerStats;
 
@@ -58,9 +59,33 @@ enum End {
     WriteStalled,
 }
 
+/// The socket, live inside tokio-websockets, or asleep without it.
+// One per connection, inside its boxed task state; boxing the live variant
+// would cost an allocation per wake-up for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Sock<S> {
+    Live(WebSocketStream<S>),
+    /// Hibernating: the WebSocket layer (and its 8 KiB read buffer) was
+    /// dropped at a frame boundary; rebuilt on the next use.
+    Asleep(S),
+    /// Only while switching between the two.
+    Gone,
+}
+
+/// Heartbeat state of one connection.
+struct Heartbeat {
+    counter: u64,
+    sent: Instant,
+    pong_deadline: Option<Instant>,
+}
+
+/// A connection with no frame read or written for this long drops its
+/// WebSocket layer until the socket is readable or something is queued.
+const HIBERNATE_AFTER: Duration = Duration::from_secs(2);
+
 struct Conn<S> {
     shared: Arc<Shared>,
-    ws: WebSocketStream<S>,
+    sock: Sock<S>,
     outbox: Arc<Outbox>,
     codec: Codec,
     subs: Vec<Pattern>,
@@ -77,13 +102,13 @@ pub async fn serve_ws<S>(
     meta: ConnMeta,
     slot: ConnSlot,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Hibernate,
 {
     let id = slot.id;
     let started = Instant::now();
     let outbox = Outbox::new(id, meta.codec, shared.outbox_limits());
     let mut conn = Conn {
-        ws,
+        sock: Sock::Live(ws),
         codec: meta.codec,
         subs: Vec::new(),
         protocol_errors: 0,
@@ -130,32 +155,130 @@ pub async fn serve_ws<S>(
     drop(slot);
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
+    /// The live WebSocket stream, rebuilt first if the connection was asleep.
+    fn ws(&mut self) -> &mut WebSocketStream<S> {
+        if let Sock::Asleep(_) = self.sock {
+            let Sock::Asleep(stream) = std::mem::replace(&mut self.sock, Sock::Gone) else {
+                unreachable!("checked above")
+            };
+            self.sock = Sock::Live(crate::server::ws_builder(&self.shared.config).serve(stream));
+        }
+        match &mut self.sock {
+            Sock::Live(ws) => ws,
+            _ => unreachable!("the socket is live or asleep outside of hibernate()"),
+        }
+    }
+
+    /// Drops the WebSocket layer if that loses nothing: no partial frame
+    /// read, no decoded frame waiting, nothing left to flush or queued.
+    /// A frame found waiting is handed back to be processed instead.
+    fn try_hibernate(&mut self) -> Result<bool, Option<Result<Message, tokio_websockets::Error>>> {
+        let Sock::Live(ws) = &mut self.sock else {
+            return Ok(false);
+        };
+        if !ws.get_ref().can_hibernate() || self.outbox.depth().0 > 0 {
+            return Ok(false);
+        }
+        if let Some(frame) = futures_util::FutureExt::now_or_never(ws.next()) {
+            return Err(frame);
+        }
+        if !matches!(
+            futures_util::FutureExt::now_or_never(ws.flush()),
+            Some(Ok(()))
+        ) {
+            return Ok(false);
+        }
+        let Sock::Live(ws) = std::mem::replace(&mut self.sock, Sock::Gone) else {
+            unreachable!("matched above")
+        };
+        self.sock = Sock::Asleep(ws.into_inner());
+        Ok(true)
+    }
+
     async fn run(&mut self, hb: &crate::config::HeartbeatConfig) -> End {
         // One timer for all deadlines (next ping, pong deadline, drain
-        // close), and one phase watcher, both kept across iterations: the
-        // loop runs once per delivered batch, so it must not register
-        // timers or shared waiters on every turn.
+        // close, idle check), kept across iterations: the loop runs once per
+        // delivered batch, so it must not register timers on every turn.
         let mut next_ping = Instant::now() + hb.ping_interval;
-        let mut pong_deadline: Option<Instant> = None;
-        let mut ping_sent = Instant::now();
-        let mut ping_counter: u64 = 0;
+        let mut beat = Heartbeat {
+            counter: 0,
+            sent: Instant::now(),
+            pong_deadline: None,
+        };
         let mut drain_at: Option<Instant> = None;
         // The server asks for drain or stop through the outbox (`Control`);
         // a drain that began before this connection registered is seen here.
         if *self.shared.phase.borrow() != Phase::Running {
             drain_at = Some(Instant::now());
         }
-        let next_deadline = |next_ping: Instant, pong: Option<Instant>, drain: Option<Instant>| {
-            [Some(next_ping), pong, drain]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("next_ping is always set")
-        };
-        let timer = tokio::time::sleep_until(next_deadline(next_ping, pong_deadline, drain_at));
+        let mut last_activity = Instant::now();
+        let mut idle_check = Instant::now() + HIBERNATE_AFTER;
+        let next_deadline =
+            |next_ping: Instant, beat: &Heartbeat, drain: Option<Instant>, idle: Instant| {
+                [Some(next_ping), beat.pong_deadline, drain, Some(idle)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .expect("next_ping is always set")
+            };
+        let timer = tokio::time::sleep_until(next_deadline(next_ping, &beat, drain_at, idle_check));
         tokio::pin!(timer);
+        let mut outbox_signaled = false;
+        let mut hibernate = false;
         loop {
+            if outbox_signaled {
+                outbox_signaled = false;
+                match self.outbox.control() {
+                    Some(Control::Terminate) => {
+                        return End::Close(close_code::GOING_AWAY, "server shutting down".into());
+                    }
+                    Some(Control::Drain) if drain_at.is_none() => {
+                        // Spread closes over the drain period so clients do not reconnect all at once.
+                        let period = self.shared.config.server.drain_period;
+                        drain_at = Some(Instant::now() + period.mul_f64(fastrand::f64()));
+                        timer
+                            .as_mut()
+                            .reset(next_deadline(next_ping, &beat, drain_at, idle_check));
+                    }
+                    _ => {}
+                }
+                if let Err(end) = self.write_queued().await {
+                    return end;
+                }
+                last_activity = Instant::now();
+            }
+            if std::mem::take(&mut hibernate) {
+                match self.try_hibernate() {
+                    Ok(true) => {
+                        ServerStats::inc(&self.shared.stats.hibernations);
+                        let Sock::Asleep(stream) = &self.sock else {
+                            unreachable!("try_hibernate put the socket to sleep")
+                        };
+                        tokio::select! {
+                            biased;
+                            _ = &mut timer => {}
+                            _ = self.outbox.ready() => outbox_signaled = true,
+                            _ = stream.readable() => {}
+                        }
+                        // The stream is rebuilt by the next `self.ws()`.
+                        last_activity = Instant::now();
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(frame) => {
+                        last_activity = Instant::now();
+                        if let Some(end) = self.on_frame(frame, &mut beat) {
+                            return end;
+                        }
+                    }
+                }
+            }
+            self.ws();
+            let Sock::Live(ws) = &mut self.sock else {
+                unreachable!("ws() made the socket live")
+            };
+            let outbox = &self.outbox;
             tokio::select! {
                 biased;
                 _ = &mut timer => {
@@ -170,65 +293,66 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             format!("draining; reconnect_after_ms={hint}"),
                         );
                     }
-                    if pong_deadline.is_some_and(|d| d <= now) {
+                    if beat.pong_deadline.is_some_and(|d| d <= now) {
                         ServerStats::inc(&self.shared.stats.pong_timeouts);
                         return End::Close(close_code::PONG_TIMEOUT, "pong timeout".into());
                     }
                     if next_ping <= now {
                         next_ping = now + hb.ping_interval;
-                        if pong_deadline.is_none() {
-                            ping_counter += 1;
-                            ping_sent = now;
-                            let payload = Bytes::copy_from_slice(&ping_counter.to_be_bytes());
+                        if beat.pong_deadline.is_none() {
+                            beat.counter += 1;
+                            beat.sent = now;
+                            let payload = Bytes::copy_from_slice(&beat.counter.to_be_bytes());
                             if let Err(end) = self.send_control(Message::ping(payload)).await {
                                 return end;
                             }
-                            pong_deadline = Some(ping_sent + hb.pong_timeout);
+                            beat.pong_deadline = Some(now + hb.pong_timeout);
+                            last_activity = now;
                         }
                     }
-                    timer.as_mut().reset(next_deadline(next_ping, pong_deadline, drain_at));
+                    if idle_check <= now {
+                        hibernate = last_activity + HIBERNATE_AFTER <= now;
+                        idle_check = now.max(last_activity) + HIBERNATE_AFTER;
+                    }
+                    timer.as_mut().reset(next_deadline(next_ping, &beat, drain_at, idle_check));
                 }
-                frame = self.ws.next() => {
-                    let msg = match frame {
-                        None => return End::ClientClosed(None),
-                        Some(Err(e)) => return End::Error(e),
-                        Some(Ok(msg)) => msg,
-                    };
-                    ServerStats::inc(&self.shared.stats.frames_in);
-                    if msg.is_pong() {
-                        if msg.as_payload()[..] == ping_counter.to_be_bytes() && pong_deadline.is_some() {
-                            // The timer may still fire at the old pong deadline; it then finds nothing due.
-                            pong_deadline = None;
-                            let rtt = ping_sent.elapsed();
-                            self.ping_rtt_us = rtt.as_micros() as u64;
-                            tracing::trace!(rtt_us = self.ping_rtt_us, "pong");
-                        }
-                    } else if let Some((code, _)) = msg.as_close() {
-                        return End::ClientClosed(Some(u16::from(code)));
-                    } else if msg.is_text() || msg.is_binary() {
-                        if let Some(end) = self.handle_frame(&msg) {
-                            return end;
-                        }
-                    }
-                }
-                _ = self.outbox.ready() => {
-                    match self.outbox.control() {
-                        Some(Control::Terminate) => {
-                            return End::Close(close_code::GOING_AWAY, "server shutting down".into());
-                        }
-                        Some(Control::Drain) if drain_at.is_none() => {
-                            // Spread closes over the drain period so clients do not reconnect all at once.
-                            let period = self.shared.config.server.drain_period;
-                            drain_at = Some(Instant::now() + period.mul_f64(fastrand::f64()));
-                            timer.as_mut().reset(next_deadline(next_ping, pong_deadline, drain_at));
-                        }
-                        _ => {}
-                    }
-                    if let Err(end) = self.write_queued().await {
+                frame = ws.next() => {
+                    last_activity = Instant::now();
+                    if let Some(end) = self.on_frame(frame, &mut beat) {
                         return end;
                     }
                 }
+                _ = outbox.ready() => outbox_signaled = true,
             }
+        }
+    }
+
+    /// Handles what the WebSocket stream yielded. Returns `Some` to end the connection.
+    fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, tokio_websockets::Error>>,
+        beat: &mut Heartbeat,
+    ) -> Option<End> {
+        let msg = match frame {
+            None => return Some(End::ClientClosed(None)),
+            Some(Err(e)) => return Some(End::Error(e)),
+            Some(Ok(msg)) => msg,
+        };
+        ServerStats::inc(&self.shared.stats.frames_in);
+        if msg.is_pong() {
+            if msg.as_payload()[..] == beat.counter.to_be_bytes() && beat.pong_deadline.is_some() {
+                // The timer may still fire at the old pong deadline; it then finds nothing due.
+                beat.pong_deadline = None;
+                self.ping_rtt_us = beat.sent.elapsed().as_micros() as u64;
+                tracing::trace!(rtt_us = self.ping_rtt_us, "pong");
+            }
+            None
+        } else if let Some((code, _)) = msg.as_close() {
+            Some(End::ClientClosed(Some(u16::from(code))))
+        } else if msg.is_text() || msg.is_binary() {
+            self.handle_frame(&msg)
+        } else {
+            None
         }
     }
 
@@ -262,7 +386,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             let n = self.batch.len() as u64;
             let binary = self.codec.is_binary();
-            let ws = &mut self.ws;
+            self.ws();
+            let Sock::Live(ws) = &mut self.sock else {
+                unreachable!("ws() made the socket live")
+            };
             let batch = &mut self.batch;
             let outbox = &self.outbox;
             let write = async {
@@ -313,7 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     async fn send_control(&mut self, msg: Message) -> Result<(), End> {
         let timeout = self.shared.config.server.write_timeout;
-        match tokio::time::timeout(timeout, self.ws.send(msg)).await {
+        match tokio::time::timeout(timeout, self.ws().send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Error(e)),
             Err(_) => Err(End::WriteStalled),
@@ -326,7 +453,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         match end {
             End::ClientClosed(code) => {
                 // tokio-websockets queued the echo of the client's close; flush it.
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.flush()).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws().flush()).await;
                 (
                     code.unwrap_or(1006),
                     if code.is_some() { "client" } else { "abnormal" },
@@ -340,8 +467,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 };
                 // Flush the close frame tokio-websockets queued for protocol errors.
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                    let _ = self.ws.flush().await;
-                    while let Some(Ok(_)) = self.ws.next().await {}
+                    let _ = self.ws().flush().await;
+                    while let Some(Ok(_)) = self.ws().next().await {}
                 })
                 .await;
                 tracing::debug!(error = %e, "connection error");
@@ -354,13 +481,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let _ = tokio::time::timeout(CLOSE_GRACE, self.write_queued()).await;
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
                     if self
-                        .ws
+                        .ws()
                         .send(Message::close(Some(close), &reason))
                         .await
                         .is_ok()
                     {
                         // Wait for the client's close reply so the TCP close is clean.
-                        while let Some(Ok(_)) = self.ws.next().await {}
+                        while let Some(Ok(_)) = self.ws().next().await {}
                     }
                 })
                 .await;

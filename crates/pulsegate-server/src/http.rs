@@ -114,6 +114,7 @@ fn stats(shared: &Shared) -> Resp {
             },
             "slow_consumer_disconnects": h.slow_consumer_disconnects.load(Relaxed),
             "pong_timeouts": s.pong_timeouts.load(Relaxed),
+            "hibernations": s.hibernations.load(Relaxed),
             "protocol_errors": s.protocol_errors.load(Relaxed),
         }),
     )

@@ -272,6 +272,7 @@ enum Next<S> {
 async fn run_next<S>(shared: Arc<Shared>, next: Next<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Prefixed<S>: crate::io::Hibernate,
 {
     let live: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match next {
         Next::Ws(ws, meta, slot) => Box::pin(serve_ws(shared, ws, meta, slot)),
@@ -417,11 +418,11 @@ where
         return Next::Done;
     }
     let rest = handshake::split_rest(buf, head_len);
-    let max = shared.config.limits.max_message_bytes;
-    let ws = ServerBuilder::new()
-        .limits(Limits::default().max_payload_len(Some(max)))
-        .config(WsConfig::default().flush_threshold(512 * 1024))
-        .serve(Prefixed::new(rest, stream));
+    let ws = if echo {
+        ws_builder(&shared.config).serve(Prefixed::new(rest, stream))
+    } else {
+        ws_builder(&shared.config).serve(Prefixed::tracking_frames(rest, stream))
+    };
     if echo {
         Next::Echo(ws, slot)
     } else {
@@ -432,6 +433,14 @@ where
         };
         Next::Ws(ws, meta, slot)
     }
+}
+
+/// The WebSocket layer's settings: `limits.max_message_bytes`, and a flush
+/// threshold above our batch size so a batch leaves in one write.
+pub(crate) fn ws_builder(config: &Config) -> ServerBuilder {
+    ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(config.limits.max_message_bytes)))
+        .config(WsConfig::default().flush_threshold(512 * 1024))
 }
 
 async fn serve_http<S>(shared: Arc<Shared>, io: Prefixed<S>)

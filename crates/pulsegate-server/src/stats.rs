@@ -24,6 +24,8 @@ pub struct ServerStats {
     pub published_http: AtomicU64,
     /// Messages published over WebSocket.
     pub published_ws: AtomicU64,
+    /// Times an idle connection dropped its WebSocket layer (hibernated).
+    pub hibernations: AtomicU64,
 }
 
 impl ServerStats {
