@@ -513,6 +513,23 @@ impl Hub {
         before - state.topics.len()
     }
 
+    /// Whether publishing to the concrete `topic` now would reach anyone
+    /// (lets the server skip building messages nobody reads).
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        let state = self.state.read();
+        if let Some(t) = state.topics.get(topic) {
+            return !t.inner.lock().subscribers.is_empty();
+        }
+        state
+            .pending_exact
+            .get(topic)
+            .is_some_and(|s| !s.is_empty())
+            || state
+                .patterns
+                .values()
+                .any(|p| !p.subscribers.is_empty() && p.pattern.matches(topic))
+    }
+
     /// Number of concrete topics.
     pub fn topic_count(&self) -> usize {
         self.state.read().topics.len()

@@ -103,6 +103,14 @@ impl Codec {
         (Codec::Json, None)
     }
 
+    /// The subprotocol name of this codec (`pulsegate.v1.json` or `pulsegate.v1.msgpack`).
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Codec::Json => JSON_PROTOCOL,
+            Codec::MsgPack => MSGPACK_PROTOCOL,
+        }
+    }
+
     /// Metric label: `json` or `msgpack`.
     pub fn label(self) -> &'static str {
         match self {

@@ -145,7 +145,13 @@ impl fmt::Display for Pattern {
 
 /// Matches a (valid) pattern against a (valid) concrete topic, level by level.
 /// `#` matches the rest, including zero levels (`a/#` matches `a`), as in MQTT.
+/// As in MQTT, a wildcard in the first level never matches a topic whose
+/// first level starts with `$` (`$sys/…` is reserved for the server): `#`
+/// does not leak server internals to every subscriber.
 pub fn matches(pattern: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (pattern.starts_with('#') || pattern.starts_with('+')) {
+        return false;
+    }
     let mut p = pattern.split('/');
     let mut t = topic.split('/');
     loop {
@@ -213,12 +219,21 @@ mod tests {
         assert!(!m("a/b", "a/b/c"));
         assert!(!m("+", "a/b"));
         assert!(m("+/+", "a/b"));
+        // `$` topics are reserved: only a pattern naming `$…` literally matches them.
+        assert!(!m("#", "$sys/stats"));
+        assert!(!m("+/stats", "$sys/stats"));
+        assert!(m("$sys/#", "$sys/stats"));
+        assert!(m("$sys/+", "$sys/stats"));
+        assert!(m("a/#", "a/$b"));
     }
 
     /// The obvious definition: expand both into level vectors and compare.
     fn naive(pattern: &str, topic: &str) -> bool {
         let p: Vec<&str> = pattern.split('/').collect();
         let t: Vec<&str> = topic.split('/').collect();
+        if t[0].starts_with('$') && (p[0] == "#" || p[0] == "+") {
+            return false;
+        }
         for (i, pl) in p.iter().enumerate() {
             if *pl == "#" {
                 return true;
@@ -236,7 +251,8 @@ mod tests {
         prop_oneof![
             Just("a".to_string()),
             Just("b".to_string()),
-            Just("cc".to_string())
+            Just("cc".to_string()),
+            Just("$s".to_string())
         ]
     }
 

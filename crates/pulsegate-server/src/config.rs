@@ -65,7 +65,13 @@ pub const KEYS: &[&str] = &[
     "history.max_topics",
     "tls.cert",
     "tls.key",
+    "admin.token",
+    "metrics.enabled",
 ];
+
+/// Keys holding secrets: never printed, rendered as a comment by
+/// [`Config::to_toml_string`].
+pub const SECRET_KEYS: &[&str] = &["admin.token"];
 
 /// Largest allowed `limits.max_topic_length`: topic lengths travel as `u16`.
 pub const MAX_TOPIC_LENGTH_CEILING: usize = 65_535;
@@ -91,6 +97,75 @@ pub struct Config {
     pub history: HistoryConfig,
     /// TLS certificate and key; plain TCP when both are unset.
     pub tls: TlsConfig,
+    /// Operator access: the admin API and the live dashboard.
+    pub admin: AdminConfig,
+    /// Prometheus metrics and the live statistics.
+    pub metrics: MetricsConfig,
+}
+
+/// A secret string (token, password). Its `Debug` and `Display` never show
+/// the value, so it cannot leak into logs or `check-config --print`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that must compare it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+/// `[admin]`: operator access to the admin API and the live dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token of the admin API (`/api/connections`, `/api/topics`)
+    /// and the dashboard (`/dashboard?token=…` once, then a cookie). At
+    /// least 16 characters; compared in constant time; never logged. Unset
+    /// disables the admin API (404) and serves the dashboard and the `$sys/`
+    /// topics to loopback clients only. Default: unset.
+    pub token: Option<Secret>,
+}
+
+/// `[metrics]`: Prometheus metrics at `/metrics` and the live statistics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record histograms and serve `GET /metrics`. When `false`, `/metrics`
+    /// answers 404 and per-delivery lag, fan-out time, RTT and size
+    /// histograms are not recorded (counters still are: `/api/stats` needs
+    /// them). Default `true`.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
 }
 
 /// `[server]`: listener, origin policy and connection lifecycle timeouts.
@@ -571,6 +646,15 @@ impl Config {
             }
         }
 
+        if let Some(token) = &self.admin.token {
+            if token.expose().chars().count() < 16 {
+                return Err(invalid(
+                    "admin.token",
+                    "must be at least 16 characters (it guards the admin API); generate one with `openssl rand -hex 24`".into(),
+                ));
+            }
+        }
+
         match (&self.tls.cert, &self.tls.key) {
             (None, None) => {}
             (Some(_), None) => {
@@ -683,6 +767,15 @@ impl Config {
                 }
             }
         }
+
+        out.push_str("\n[admin]\n");
+        match &self.admin.token {
+            Some(_) => out.push_str("# token is set (not shown)\n"),
+            None => out.push_str("# token is unset: admin API disabled\n"),
+        }
+
+        out.push_str("\n[metrics]\n");
+        line(&mut out, "enabled", &self.metrics.enabled.to_string());
         out
     }
 }
@@ -1207,7 +1300,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown config section or key `listen` (in TOML text); known sections: \
-             server, limits, heartbeat, delivery, history, tls; did you mean `server.listen`?"
+             server, limits, heartbeat, delivery, history, tls, admin, metrics; did you mean `server.listen`?"
         );
     }
 
@@ -1418,8 +1511,13 @@ mod tests {
         c.delivery.slow_consumer = SlowConsumer::Conflate;
         c.tls.cert = Some(cert.0.clone());
         c.tls.key = Some(key.0.clone());
+        c.metrics.enabled = false;
+        c.admin.token = Some(Secret::new("a-secret-token-of-some-length"));
 
         let text = c.to_toml_string();
+        assert!(!text.contains("a-secret-token"), "{text}");
+        // Secrets are not rendered, so they do not round-trip.
+        c.admin.token = None;
         assert_eq!(Config::from_toml_str(&text).unwrap(), c, "{text}");
         let defaults = Config::default().to_toml_string();
         assert_eq!(Config::from_toml_str(&defaults).unwrap(), Config::default());
@@ -1433,7 +1531,25 @@ mod tests {
                 rendered.push(format!("{section}.{k}"));
             }
         }
-        assert_eq!(rendered, KEYS);
+        let expected: Vec<&str> = KEYS
+            .iter()
+            .copied()
+            .filter(|k| !SECRET_KEYS.contains(k))
+            .collect();
+        assert_eq!(rendered, expected);
+    }
+
+    #[test]
+    fn admin_token_is_checked_and_never_shown() {
+        let err = Config::from_toml_str("[admin]\ntoken = \"short\"\n").unwrap_err();
+        assert!(err.to_string().contains("admin.token"), "{err}");
+        assert!(!err.to_string().contains("short"), "{err}");
+        let c = Config::from_toml_str("[admin]\ntoken = \"0123456789abcdef-secret\"\n").unwrap();
+        assert_eq!(
+            c.admin.token.as_ref().unwrap().expose(),
+            "0123456789abcdef-secret"
+        );
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
     }
 
     #[test]

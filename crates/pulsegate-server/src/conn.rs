@@ -25,8 +25,8 @@ use tokio::time::{sleep_until, Instant};
 use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 use crate::io::Hibernate;
-use crate::state::{ConnSlot, Phase, Shared};
-use crate::stats::ServerStats;
+use crate::metrics::{FrameError, Initiator, Kind, Source};
+use crate::state::{ConnInfo, ConnSlot, Phase, Shared};
 
 /// Most frames written per vectored write.
 const BATCH_FRAMES: usize = 256;
@@ -44,6 +44,8 @@ pub struct ConnMeta {
     pub codec: Codec,
     /// `User-Agent`, truncated.
     pub user_agent: Option<String>,
+    /// May subscribe to `$sys/` topics (see [`crate::admin`]).
+    pub admin: bool,
 }
 
 /// How a connection ended; decides the close frame and the log line.
@@ -72,6 +74,15 @@ enum Sock<S> {
     Gone,
 }
 
+/// Frames and bytes of one written batch, by kind.
+#[derive(Default)]
+struct Tally {
+    data: u64,
+    data_bytes: u64,
+    control: u64,
+    control_bytes: u64,
+}
+
 /// Heartbeat state of one connection.
 struct Heartbeat {
     counter: u64,
@@ -91,8 +102,10 @@ struct Conn<S> {
     subs: Vec<Pattern>,
     protocol_errors: u32,
     batch: Vec<Outgoing>,
-    /// Last measured WebSocket ping→pong round trip, µs (0 = none yet).
-    ping_rtt_us: u64,
+    /// What the admin API sees of this connection; also its counters.
+    info: Arc<ConnInfo>,
+    /// Ingress times of the batch being written (reused; for the lag histogram).
+    lag_ts: Vec<u64>,
 }
 
 /// Runs a `/ws` connection until it closes.
@@ -107,18 +120,32 @@ pub async fn serve_ws<S>(
     let id = slot.id;
     let started = Instant::now();
     let outbox = Outbox::new(id, meta.codec, shared.outbox_limits());
+    let info = Arc::new(ConnInfo {
+        id,
+        outbox: outbox.clone(),
+        peer: meta.peer,
+        user_agent: meta.user_agent.map(|s| s.chars().take(128).collect()),
+        codec: meta.codec,
+        admin: meta.admin,
+        connected_at_us: now_micros(),
+        messages_in: Default::default(),
+        bytes_in: Default::default(),
+        bytes_out: Default::default(),
+        subscriptions: Default::default(),
+        ping_rtt_us: Default::default(),
+    });
     let mut conn = Conn {
         sock: Sock::Live(ws),
         codec: meta.codec,
         subs: Vec::new(),
         protocol_errors: 0,
         batch: Vec::new(),
-        ping_rtt_us: 0,
+        info,
+        lag_ts: Vec::new(),
         outbox,
         shared,
     };
-    ServerStats::inc(&conn.shared.stats.accepted);
-    conn.shared.register(id, &conn.outbox);
+    conn.shared.register(&conn.info);
     let hb = conn.shared.config.heartbeat.clone();
     conn.outbox.push_reply(
         conn.codec.encode(&ServerFrame::Welcome {
@@ -134,22 +161,31 @@ pub async fn serve_ws<S>(
     let end = running.await;
     // Boxed: the close handshake's state is needed once, not for the connection's life.
     let finishing = Box::pin(conn.finish(end));
-    let (code, initiator) = finishing.await;
+    let (code, initiator, reason) = finishing.await;
     // Whatever is still queued, or published to us until the hub forgets
     // this connection, is counted as dropped (`connection_closed`).
     conn.outbox
         .close(CloseReason::Ended, conn.shared.hub.stats());
     conn.shared.unregister(id);
     conn.shared.hub.remove_connection(id, conn.subs.iter());
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let m = &conn.shared.metrics;
+    m.closed(code, initiator);
+    m.observe(&m.conn_duration, duration_ms);
+    let info = &conn.info;
     tracing::info!(
         conn = id,
-        remote = %meta.peer,
-        codec = meta.codec.label(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        frames_out = conn.outbox.sent_frames.load(Relaxed),
+        remote = %info.peer,
+        codec = info.codec.label(),
+        duration_ms,
+        messages_in = info.messages_in.load(Relaxed),
+        messages_out = conn.outbox.sent_frames.load(Relaxed),
+        bytes_in = info.bytes_in.load(Relaxed),
+        bytes_out = info.bytes_out.load(Relaxed),
         close_code = code,
-        initiator,
-        ping_rtt_us = conn.ping_rtt_us,
+        initiator = initiator.label(),
+        reason = %reason,
+        ping_rtt_us = info.ping_rtt_us.load(Relaxed),
         "connection closed"
     );
     drop(slot);
@@ -251,7 +287,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             if std::mem::take(&mut hibernate) {
                 match self.try_hibernate() {
                     Ok(true) => {
-                        ServerStats::inc(&self.shared.stats.hibernations);
+                        let m = &self.shared.metrics;
+                        m.hibernated();
+                        m.hibernating.fetch_add(1, Relaxed);
                         let Sock::Asleep(stream) = &self.sock else {
                             unreachable!("try_hibernate put the socket to sleep")
                         };
@@ -261,6 +299,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                             _ = self.outbox.ready() => outbox_signaled = true,
                             _ = stream.readable() => {}
                         }
+                        m.hibernating.fetch_sub(1, Relaxed);
                         // The stream is rebuilt by the next `self.ws()`.
                         last_activity = Instant::now();
                         continue;
@@ -294,7 +333,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         );
                     }
                     if beat.pong_deadline.is_some_and(|d| d <= now) {
-                        ServerStats::inc(&self.shared.stats.pong_timeouts);
+                        self.shared.metrics.pong_timeout();
                         return End::Close(close_code::PONG_TIMEOUT, "pong timeout".into());
                     }
                     if next_ping <= now {
@@ -338,13 +377,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             Some(Err(e)) => return Some(End::Error(e)),
             Some(Ok(msg)) => msg,
         };
-        ServerStats::inc(&self.shared.stats.frames_in);
+        let len = msg.as_payload().len() as u64;
+        self.info.messages_in.fetch_add(1, Relaxed);
+        self.info.bytes_in.fetch_add(len, Relaxed);
+        if !(msg.is_text() || msg.is_binary()) {
+            // Data frames are counted once decoded, by op.
+            self.shared.metrics.received(self.codec, Kind::Control, len);
+        }
         if msg.is_pong() {
             if msg.as_payload()[..] == beat.counter.to_be_bytes() && beat.pong_deadline.is_some() {
                 // The timer may still fire at the old pong deadline; it then finds nothing due.
                 beat.pong_deadline = None;
-                self.ping_rtt_us = beat.sent.elapsed().as_micros() as u64;
-                tracing::trace!(rtt_us = self.ping_rtt_us, "pong");
+                let rtt = beat.sent.elapsed().as_micros() as u64;
+                self.info.ping_rtt_us.store(rtt.max(1), Relaxed);
+                let m = &self.shared.metrics;
+                m.observe(&m.ping_rtt, rtt);
             }
             None
         } else if let Some((code, _)) = msg.as_close() {
@@ -392,10 +439,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             };
             let batch = &mut self.batch;
             let outbox = &self.outbox;
+            let metrics = &self.shared.metrics;
+            // What the batch holds, for the counters and the lag histogram:
+            // data frames of user topics vs replies and `$sys` frames. The
+            // ingress times are kept only when histograms are recorded.
+            let mut tally = Tally::default();
+            let mut lag_ts = std::mem::take(&mut self.lag_ts);
+            let record_lag = metrics.enabled();
+            for item in batch.iter() {
+                let len = item.frame.len() as u64;
+                let system = item.topic.as_deref().is_some_and(|t| t.starts_with('$'));
+                if item.ingress_ts > 0 && !system {
+                    tally.data += 1;
+                    tally.data_bytes += len;
+                    if record_lag {
+                        lag_ts.push(item.ingress_ts);
+                    }
+                } else {
+                    tally.control += 1;
+                    tally.control_bytes += len;
+                }
+            }
             let write = async {
-                let mut bytes = 0u64;
                 for item in batch.drain(..) {
-                    bytes += item.frame.len() as u64;
                     let m = if binary {
                         Message::binary(item.frame)
                     } else {
@@ -403,7 +469,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     };
                     ws.feed(m).await?;
                 }
-                ws.flush().await.map(|_| bytes)
+                ws.flush().await
             };
             tokio::pin!(write);
             // Fast path: the socket usually takes the whole batch at once, and
@@ -417,7 +483,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     loop {
                         tokio::select! {
                             r = &mut write => break r,
-                            _ = &mut stall => return Err(End::WriteStalled),
+                            _ = &mut stall => {
+                                self.shared.metrics.write_timeout();
+                                return Err(End::WriteStalled);
+                            }
                             _ = outbox.ready() => {
                                 if outbox.is_closed() {
                                     return Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer".into()));
@@ -428,10 +497,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 }
             };
             match result {
-                Ok(bytes) => {
+                Ok(()) => {
                     self.outbox.sent_frames.fetch_add(n, Relaxed);
-                    self.shared.stats.frames_out.fetch_add(n, Relaxed);
-                    self.shared.stats.bytes_out.fetch_add(bytes, Relaxed);
+                    self.info
+                        .bytes_out
+                        .fetch_add(tally.data_bytes + tally.control_bytes, Relaxed);
+                    let m = &self.shared.metrics;
+                    m.sent(self.codec, Kind::Data, tally.data, tally.data_bytes);
+                    m.sent(
+                        self.codec,
+                        Kind::Control,
+                        tally.control,
+                        tally.control_bytes,
+                    );
+                    if m.enabled() {
+                        m.write_batch.observe(n);
+                        let now = now_micros();
+                        for ts in lag_ts.drain(..) {
+                            m.delivery_lag.observe(now.saturating_sub(ts));
+                        }
+                    }
+                    if lag_ts.capacity() <= BATCH_FRAMES {
+                        self.lag_ts = lag_ts;
+                    }
                 }
                 Err(e) => return Err(End::Error(e)),
             }
@@ -440,39 +528,65 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
 
     async fn send_control(&mut self, msg: Message) -> Result<(), End> {
         let timeout = self.shared.config.server.write_timeout;
+        let len = msg.as_payload().len() as u64;
+        self.shared.metrics.sent(self.codec, Kind::Control, 1, len);
         match tokio::time::timeout(timeout, self.ws().send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Error(e)),
-            Err(_) => Err(End::WriteStalled),
+            Err(_) => {
+                self.shared.metrics.write_timeout();
+                Err(End::WriteStalled)
+            }
         }
     }
 
     /// Sends the close frame that fits `end`, waits briefly for the close
     /// handshake, and returns (close code, initiator) for the log.
-    async fn finish(&mut self, end: End) -> (u16, &'static str) {
+    async fn finish(&mut self, end: End) -> (u16, Initiator, String) {
         match end {
             End::ClientClosed(code) => {
                 // tokio-websockets queued the echo of the client's close; flush it.
                 let _ = tokio::time::timeout(CLOSE_GRACE, self.ws().flush()).await;
-                (
-                    code.unwrap_or(1006),
-                    if code.is_some() { "client" } else { "abnormal" },
-                )
+                match code {
+                    Some(c) => (c, Initiator::Client, "client closed".into()),
+                    None => (
+                        1006,
+                        Initiator::Abnormal,
+                        "connection lost without a close frame".into(),
+                    ),
+                }
             }
             End::Error(e) => {
+                let m = &self.shared.metrics;
                 let code = match &e {
-                    tokio_websockets::Error::PayloadTooLong { .. } => close_code::MESSAGE_TOO_BIG,
-                    tokio_websockets::Error::Protocol(p) => protocol_close_code(p),
+                    tokio_websockets::Error::PayloadTooLong { .. } => {
+                        m.frame_error(FrameError::Oversize);
+                        close_code::MESSAGE_TOO_BIG
+                    }
+                    tokio_websockets::Error::Protocol(p) => {
+                        let code = protocol_close_code(p);
+                        m.frame_error(if code == close_code::INVALID_PAYLOAD {
+                            FrameError::InvalidUtf8
+                        } else {
+                            FrameError::ProtocolViolation
+                        });
+                        code
+                    }
                     _ => 1006,
                 };
+                let reason = e.to_string();
                 // Flush the close frame tokio-websockets queued for protocol errors.
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
                     let _ = self.ws().flush().await;
                     while let Some(Ok(_)) = self.ws().next().await {}
                 })
                 .await;
-                tracing::debug!(error = %e, "connection error");
-                (code, if code == 1006 { "abnormal" } else { "server" })
+                let who = if code == 1006 {
+                    Initiator::Abnormal
+                } else {
+                    Initiator::Server
+                };
+                (code, who, reason)
             }
             End::Close(code, reason) => {
                 let close = CloseCode::try_from(code).unwrap_or(CloseCode::GOING_AWAY);
@@ -491,9 +605,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     }
                 })
                 .await;
-                (code, "server")
+                (code, Initiator::Server, reason)
             }
-            End::WriteStalled => (close_code::WRITE_TIMEOUT, "server"),
+            End::WriteStalled => (
+                close_code::WRITE_TIMEOUT,
+                Initiator::Server,
+                "socket took no data within server.write_timeout".into(),
+            ),
         }
     }
 
@@ -505,22 +623,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             } else {
                 "text (pulsegate.v1.json)"
             };
+            self.shared
+                .metrics
+                .received(self.codec, Kind::Control, msg.as_payload().len() as u64);
             return self.protocol_error(
                 None,
+                FrameError::WrongFrameType,
                 ErrorCode::BadRequest,
                 format!("this connection expects {want} frames"),
             );
         }
+        let len = msg.as_payload().len() as u64;
         let frame = match self.codec.decode(&msg.as_payload()[..]) {
             Ok(f) => f,
             Err(DecodeError { kind, id, message }) => {
-                let code = match kind {
-                    pulsegate_proto::DecodeErrorKind::UnknownOp => ErrorCode::UnknownOp,
-                    _ => ErrorCode::BadRequest,
+                use pulsegate_proto::DecodeErrorKind as K;
+                self.shared.metrics.received(self.codec, Kind::Control, len);
+                let (what, code) = match kind {
+                    K::UnknownOp => (FrameError::UnknownOp, ErrorCode::UnknownOp),
+                    K::BadEncoding => (FrameError::BadJson, ErrorCode::BadRequest),
+                    K::BadRequest => (FrameError::BadRequest, ErrorCode::BadRequest),
                 };
-                return self.protocol_error(id, code, message);
+                return self.protocol_error(id, what, code, message);
             }
         };
+        let kind = if matches!(frame, ClientFrame::Pub { .. }) {
+            Kind::Data
+        } else {
+            Kind::Control
+        };
+        self.shared.metrics.received(self.codec, kind, len);
         let max_topic = self.shared.config.limits.max_topic_length;
         match frame {
             ClientFrame::Ping { id } => {
@@ -531,11 +663,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             }
             ClientFrame::Pub { id, topic, data } => {
                 if let Err(e) = validate_topic(&topic, max_topic) {
-                    return self.protocol_error(id, ErrorCode::BadRequest, e.to_string());
+                    self.shared.metrics.publish_error("bad_request");
+                    return self.protocol_error(
+                        id,
+                        FrameError::BadRequest,
+                        ErrorCode::BadRequest,
+                        e.to_string(),
+                    );
                 }
+                if topic.starts_with('$') {
+                    self.shared.metrics.publish_error("forbidden");
+                    self.error(
+                        id,
+                        ErrorCode::Forbidden,
+                        "topics starting with `$` are reserved for the server".into(),
+                    );
+                    return None;
+                }
+                let size = data.len();
                 match self.shared.hub.publish(&topic, data) {
                     Ok(m) => {
-                        ServerStats::inc(&self.shared.stats.published_ws);
+                        let metrics = &self.shared.metrics;
+                        metrics.published(Source::Ws, size);
+                        metrics.observe(&metrics.publish_fanout, now_micros().saturating_sub(m.ts));
                         self.reply(ServerFrame::Ok(Reply {
                             id,
                             topic: Some(topic),
@@ -544,7 +694,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                             ..Reply::default()
                         }));
                     }
-                    Err(e) => self.error(id, hub_error_code(&e), e.to_string()),
+                    Err(e) => {
+                        let code = hub_error_code(&e);
+                        self.shared.metrics.publish_error(code.as_str());
+                        self.error(id, code, e.to_string());
+                    }
                 }
             }
             ClientFrame::Sub {
@@ -555,8 +709,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             } => {
                 let pattern = match Pattern::parse(&topic, max_topic) {
                     Ok(p) => p,
-                    Err(e) => return self.protocol_error(id, ErrorCode::BadRequest, e.to_string()),
+                    Err(e) => {
+                        return self.protocol_error(
+                            id,
+                            FrameError::BadRequest,
+                            ErrorCode::BadRequest,
+                            e.to_string(),
+                        )
+                    }
                 };
+                if topic.starts_with('$') && !self.info.admin {
+                    self.error(
+                        id,
+                        ErrorCode::Forbidden,
+                        "`$` topics are for operators: connect with the admin token (admin.token)"
+                            .into(),
+                    );
+                    return None;
+                }
                 if self.subs.contains(&pattern) {
                     self.error(
                         id,
@@ -578,7 +748,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         "since: topic `{}`: {e}",
                         t.chars().take(64).collect::<String>()
                     );
-                    return self.protocol_error(id, ErrorCode::BadRequest, msg);
+                    return self.protocol_error(
+                        id,
+                        FrameError::BadRequest,
+                        ErrorCode::BadRequest,
+                        msg,
+                    );
                 }
                 let codec = self.codec;
                 let with_since = !since.is_empty();
@@ -593,11 +768,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         }))
                     });
                 self.subs.push(pattern);
+                self.info
+                    .subscriptions
+                    .store(self.subs.len() as u32, Relaxed);
             }
             ClientFrame::Unsub { id, topic } => {
                 match self.subs.iter().position(|p| p.as_str() == topic) {
                     Some(i) => {
                         let p = self.subs.swap_remove(i);
+                        self.info
+                            .subscriptions
+                            .store(self.subs.len() as u32, Relaxed);
                         self.shared.hub.unsubscribe(self.outbox.id(), &p);
                         self.reply(ServerFrame::Ok(Reply {
                             id,
@@ -629,8 +810,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
 
     /// A malformed request: answered with `error`, counted, and the
     /// connection is closed with 1008 once `limits.max_protocol_errors` is exceeded.
-    fn protocol_error(&mut self, id: Option<Id>, code: ErrorCode, message: String) -> Option<End> {
-        ServerStats::inc(&self.shared.stats.protocol_errors);
+    fn protocol_error(
+        &mut self,
+        id: Option<Id>,
+        what: FrameError,
+        code: ErrorCode,
+        message: String,
+    ) -> Option<End> {
+        self.shared.metrics.frame_error(what);
         self.protocol_errors += 1;
         self.error(id, code, message);
         let max = self.shared.config.limits.max_protocol_errors;

@@ -41,6 +41,10 @@ pub struct RequestHead {
     pub ws_version: Option<String>,
     /// `Sec-WebSocket-Protocol` entries, in order.
     pub protocols: Vec<String>,
+    /// `Authorization` (a secret: never logged).
+    pub authorization: Option<crate::config::Secret>,
+    /// `Cookie` (may carry the dashboard's admin cookie; never logged).
+    pub cookie: Option<crate::config::Secret>,
 }
 
 /// Why the head could not be read.
@@ -114,6 +118,10 @@ fn head_from(req: &httparse::Request<'_, '_>) -> RequestHead {
             head.origin = Some(value);
         } else if name.eq_ignore_ascii_case("user-agent") {
             head.user_agent = Some(value.chars().take(256).collect());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            head.authorization = Some(crate::config::Secret::new(value));
+        } else if name.eq_ignore_ascii_case("cookie") {
+            head.cookie = Some(crate::config::Secret::new(value));
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade_ws |= value
                 .split(',')

@@ -2,11 +2,13 @@
 //!
 //! `GET /healthz`, `GET /readyz`, `POST /api/publish/{topic}`,
 //! `POST /api/publish`, `GET /api/topics/{topic}`, `GET /api/history/{topic}`,
-//! `GET /api/stats`. Topics in paths are raw segments; other reserved
-//! characters are percent-encoded. Every error is JSON `{"error":…,"message":…}`.
+//! `GET /api/stats`, `GET /metrics`, `GET /dashboard`, and the admin API
+//! (`GET /api/connections`, `DELETE /api/connections/{id}`, `GET /api/topics`).
+//! Topics in paths are raw segments; other reserved characters are
+//! percent-encoded. Every error is JSON `{"error":…,"message":…}`.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering::Relaxed;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,8 +20,12 @@ use pulsegate_core::{HubError, Message};
 use pulsegate_proto::topic::validate_topic;
 use serde_json::{json, value::RawValue, Value};
 
+use crate::admin::{self, Credentials};
+use crate::metrics::Source;
 use crate::state::Shared;
-use crate::stats::ServerStats;
+
+/// The dashboard page (HTML, CSS and JS in one file, no external assets).
+const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
 
 type Resp = Response<Full<Bytes>>;
 
@@ -36,14 +42,66 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp {
     json_response(status, &json!({"error": code, "message": message.into()}))
 }
 
-/// Dispatches one HTTP request.
-pub async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// Dispatches one HTTP request from `peer`.
+pub async fn route(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let creds = Credentials {
+        authorization: header("authorization"),
+        cookie: header("cookie"),
+        query: req.uri().query(),
+    };
+    let is_admin = admin::is_admin(&shared.config, creds, peer.ip());
+    // The admin API exists only with a token, and then needs it in the header.
+    let admin_api = match &shared.config.admin.token {
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "the admin API is disabled: set admin.token to enable it",
+        )),
+        Some(_)
+            if admin::has_token(
+                &shared.config,
+                Credentials {
+                    authorization: creds.authorization,
+                    ..Default::default()
+                },
+            ) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(unauthorized()),
+    };
     let resp = match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(&shared),
-        (&Method::GET, "/api/stats") => stats(&shared),
+        (&Method::GET, "/api/stats") => {
+            json_response(StatusCode::OK, &crate::livestats::stats_json(&shared))
+        }
+        (&Method::GET, "/metrics") => metrics(&shared, header("accept").unwrap_or("")),
+        (&Method::GET, "/dashboard") => dashboard(&shared, creds, is_admin),
+        (&Method::GET, "/api/connections") => match admin_api {
+            Ok(()) => connections(&shared, req.uri().query()),
+            Err(r) => r,
+        },
+        (&Method::DELETE, p) if p.starts_with("/api/connections/") => match admin_api {
+            Ok(()) => kick(&shared, &p["/api/connections/".len()..]),
+            Err(r) => r,
+        },
+        (&Method::GET, "/api/topics") => match admin_api {
+            Ok(()) => topics(&shared, req.uri().query()),
+            Err(r) => r,
+        },
+        (&Method::GET, p)
+            if (p.starts_with("/api/topics/$") || p.starts_with("/api/history/$")) && !is_admin =>
+        {
+            error(StatusCode::FORBIDDEN, "forbidden", "`$` topics are for operators (admin.token)")
+        }
         (&Method::GET, "/ws" | "/echo") => error(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
@@ -62,7 +120,7 @@ pub async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, 
             decode_topic(&p["/api/history/".len()..]),
             req.uri().query(),
         ),
-        (_, "/healthz" | "/readyz" | "/api/stats" | "/api/publish") => {
+        (_, "/healthz" | "/readyz" | "/api/stats" | "/api/publish" | "/metrics" | "/dashboard" | "/api/connections" | "/api/topics") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {path}")),
@@ -87,36 +145,197 @@ fn readyz(shared: &Shared) -> Resp {
     }
 }
 
-fn stats(shared: &Shared) -> Resp {
-    let hub = &shared.hub;
-    let s = &shared.stats;
-    let h = hub.stats();
-    let (retained, retained_bytes) = hub.retained();
+fn unauthorized() -> Resp {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send the admin token as `Authorization: Bearer <admin.token>`",
+    );
+    r.headers_mut().insert(
+        "www-authenticate",
+        hyper::header::HeaderValue::from_static("Bearer realm=\"pulsegate\""),
+    );
+    r
+}
+
+/// `GET /metrics`: OpenMetrics text when the scraper asks for it
+/// (Prometheus does), the classic Prometheus text format (0.0.4) otherwise,
+/// which is what `curl` and `promtool check metrics` read.
+fn metrics(shared: &Arc<Shared>, accept: &str) -> Resp {
+    if !shared.metrics.enabled() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "metrics are disabled (metrics.enabled = false)",
+        );
+    }
+    let registry = crate::metrics::registry(shared.clone());
+    let mut text = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encoding metrics: {e}"),
+        );
+    }
+    let (content_type, text) = if accept.contains("application/openmetrics-text") {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::to_prometheus_text(&text),
+        )
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .header("cache-control", "no-store")
+        .body(Full::new(Bytes::from(text)))
+        .expect("static response parts are valid")
+}
+
+/// `GET /dashboard`. With `admin.token`: `?token=` sets the cookie and
+/// redirects to the bare URL (so the token leaves the address bar and
+/// history); the cookie or a Bearer header serves the page; anything else
+/// is 401. Without a token: loopback clients only.
+fn dashboard(shared: &Shared, creds: Credentials<'_>, is_admin: bool) -> Resp {
+    let html = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", "no-store")
+            .header("x-frame-options", "DENY")
+            .header(
+                "content-security-policy",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:",
+            )
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    };
+    let Some(token) = shared.config.admin.token.as_ref() else {
+        return if is_admin {
+            html(StatusCode::OK, DASHBOARD_HTML.to_string())
+        } else {
+            error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the dashboard is served to this machine only; set admin.token to open it to remote operators",
+            )
+        };
+    };
+    let query_ok =
+        admin::query_token(creds.query).is_some_and(|q| admin::token_matches(&shared.config, &q));
+    if query_ok {
+        let secure = if shared.config.tls.cert.is_some() {
+            "; Secure"
+        } else {
+            ""
+        };
+        return Response::builder()
+            .status(StatusCode::SEE_OTHER)
+            .header("location", "/dashboard")
+            .header("cache-control", "no-store")
+            .header(
+                "set-cookie",
+                format!(
+                    "{}={}; Path=/; HttpOnly; SameSite=Strict{secure}",
+                    admin::COOKIE,
+                    admin::cookie_value(token.expose())
+                ),
+            )
+            .body(Full::new(Bytes::new()))
+            .expect("static response parts are valid");
+    }
+    if is_admin {
+        html(StatusCode::OK, DASHBOARD_HTML.to_string())
+    } else {
+        html(
+            StatusCode::UNAUTHORIZED,
+            "<!doctype html><title>pulsegate</title><p>Not authorised. Open <code>/dashboard?token=&lt;admin.token&gt;</code> once; the server then keeps you signed in with a cookie.</p>".to_string(),
+        )
+    }
+}
+
+/// Parses `offset` and `limit` of a paged admin listing.
+fn paging(query: Option<&str>) -> Result<(usize, usize), String> {
+    let (mut offset, mut limit) = (0usize, 100usize);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n = v.parse::<usize>();
+        match (k, n) {
+            ("offset", Ok(n)) => offset = n,
+            ("limit", Ok(n)) if (1..=1000).contains(&n) => limit = n,
+            ("offset" | "limit", _) => {
+                return Err(
+                    "offset must be an integer >= 0 and limit an integer in 1..=1000".into(),
+                )
+            }
+            _ => return Err(format!("unknown query parameter `{k}` (use offset, limit)")),
+        }
+    }
+    Ok((offset, limit))
+}
+
+fn connections(shared: &Shared, query: Option<&str>) -> Resp {
+    let (offset, limit) = match paging(query) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m),
+    };
+    let all = shared.connections();
+    let page: Vec<Value> = all
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|c| crate::livestats::conn_json(c))
+        .collect();
+    let next = (offset + page.len() < all.len()).then_some(offset + page.len());
     json_response(
         StatusCode::OK,
-        &json!({
-            "node": shared.node,
-            "connections": shared.active_connections(),
-            "subscriptions": hub.subscription_count(),
-            "topics": hub.topic_count(),
-            "published": h.published.load(Relaxed),
-            "published_http": s.published_http.load(Relaxed),
-            "published_ws": s.published_ws.load(Relaxed),
-            "enqueued": h.enqueued.load(Relaxed),
-            "frames_out": s.frames_out.load(Relaxed),
-            "history_messages": retained,
-            "history_bytes": retained_bytes,
-            "dropped": {
-                "conflated": h.dropped_conflated.load(Relaxed),
-                "queue_full": h.dropped_queue_full.load(Relaxed),
-                "slow_consumer_close": h.dropped_slow_consumer.load(Relaxed),
-                "connection_closed": h.dropped_connection_closed.load(Relaxed),
-            },
-            "slow_consumer_disconnects": h.slow_consumer_disconnects.load(Relaxed),
-            "pong_timeouts": s.pong_timeouts.load(Relaxed),
-            "hibernations": s.hibernations.load(Relaxed),
-            "protocol_errors": s.protocol_errors.load(Relaxed),
-        }),
+        &json!({"total": all.len(), "offset": offset, "next_offset": next, "connections": page}),
+    )
+}
+
+fn kick(shared: &Shared, id: &str) -> Resp {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "connection id must be an integer (the `conn` of `welcome`)",
+        );
+    };
+    if shared.kick(id) {
+        json_response(
+            StatusCode::OK,
+            &json!({"closed": id.to_string(), "code": pulsegate_proto::close_code::KICKED}),
+        )
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no live connection {id}"),
+        )
+    }
+}
+
+fn topics(shared: &Shared, query: Option<&str>) -> Resp {
+    let (offset, limit) = match paging(query) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::BAD_REQUEST, "bad_request", m),
+    };
+    let rates = shared.live.topic_rates();
+    let page: Vec<Value> = rates
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(crate::livestats::topic_json)
+        .collect();
+    let next = (offset + page.len() < rates.len()).then_some(offset + page.len());
+    json_response(
+        StatusCode::OK,
+        &json!({"total": rates.len(), "offset": offset, "next_offset": next, "topics": page}),
     )
 }
 
@@ -161,8 +380,17 @@ async fn publish_one(
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_topic", e),
     };
+    let resp = publish_one_inner(shared, topic, req).await;
+    count_refusal(shared, &resp);
+    resp
+}
+
+async fn publish_one_inner(shared: &Shared, topic: String, req: Request<Incoming>) -> Resp {
     if let Err(e) = validate_topic(&topic, shared.config.limits.max_topic_length) {
         return error(StatusCode::BAD_REQUEST, "bad_topic", e.to_string());
+    }
+    if topic.starts_with('$') {
+        return reserved_topic();
     }
     let body = match read_body(shared, req).await {
         Ok(b) => b,
@@ -178,16 +406,53 @@ async fn publish_one(
             )
         }
     };
-    match shared.hub.publish(&topic, data) {
-        Ok(m) => {
-            ServerStats::inc(&shared.stats.published_http);
-            json_response(StatusCode::OK, &stamp(&m))
-        }
+    match publish(shared, &topic, data) {
+        Ok(m) => json_response(StatusCode::OK, &stamp(&m)),
         Err(e) => publish_error(e),
     }
 }
 
+fn reserved_topic() -> Resp {
+    error(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "topics starting with `$` are reserved for the server",
+    )
+}
+
+/// Publishes one HTTP message and records it in the metrics.
+fn publish(shared: &Shared, topic: &str, data: Bytes) -> Result<Arc<Message>, HubError> {
+    let size = data.len();
+    let m = shared.hub.publish(topic, data)?;
+    let metrics = &shared.metrics;
+    metrics.published(Source::Http, size);
+    metrics.observe(
+        &metrics.publish_fanout,
+        pulsegate_core::now_micros().saturating_sub(m.ts),
+    );
+    Ok(m)
+}
+
+/// Counts a refused publish by the class of its HTTP status.
+fn count_refusal(shared: &Shared, resp: &Resp) {
+    let reason = match resp.status() {
+        StatusCode::OK => return,
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::TOO_MANY_REQUESTS => "limit",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "bad_request",
+    };
+    shared.metrics.publish_error(reason);
+}
+
 async fn publish_batch(shared: &Shared, req: Request<Incoming>) -> Resp {
+    let resp = publish_batch_inner(shared, req).await;
+    count_refusal(shared, &resp);
+    resp
+}
+
+async fn publish_batch_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Item<'a> {
@@ -219,17 +484,22 @@ async fn publish_batch(shared: &Shared, req: Request<Incoming>) -> Resp {
                 format!("item {i}: {e}"),
             );
         }
+        if item.topic.starts_with('$') {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("item {i}: topics starting with `$` are reserved for the server"),
+            );
+        }
     }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        match shared.hub.publish(
+        match publish(
+            shared,
             &item.topic,
             Bytes::copy_from_slice(item.data.get().as_bytes()),
         ) {
-            Ok(m) => {
-                ServerStats::inc(&shared.stats.published_http);
-                out.push(stamp(&m));
-            }
+            Ok(m) => out.push(stamp(&m)),
             Err(e) => {
                 // Items before `i` were published; say so explicitly.
                 let mut r = publish_error(e);

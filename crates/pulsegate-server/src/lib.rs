@@ -8,17 +8,23 @@
 //! - [`conn`]: one WebSocket connection's whole life;
 //! - [`http`]: REST routes;
 //! - [`config`]: the one validated config tree;
-//! - [`state`]: what every connection shares (hub, limits, phase).
+//! - [`state`]: what every connection shares (hub, limits, phase, live connections);
+//! - [`metrics`]: counters and histograms, exposed at `/metrics`;
+//! - [`livestats`]: `/api/stats`, and the `$sys/stats` topic of the dashboard;
+//! - [`process`]: the process's CPU, memory and file descriptors.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod handshake;
 pub mod http;
 pub mod io;
+pub mod livestats;
+pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod state;
-pub mod stats;
 pub mod tls;
 
 pub use config::Config;

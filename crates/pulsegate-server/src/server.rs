@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_websockets::{Config as WsConfig, Limits, ServerBuilder, WebSocketStream};
 
@@ -23,8 +24,8 @@ use crate::config::Config;
 use crate::conn::{serve_echo, serve_ws, ConnMeta};
 use crate::handshake::{self, HeadError};
 use crate::io::Prefixed;
+use crate::metrics::Rejected;
 use crate::state::{ConnSlot, Phase, Shared};
-use crate::stats::ServerStats;
 use crate::StartError;
 
 /// Listen backlog; the kernel caps it at `net.core.somaxconn`.
@@ -39,6 +40,7 @@ pub struct Running {
     shared: Arc<Shared>,
     accept: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    sampler: JoinHandle<()>,
     tracker: mpsc::Receiver<()>,
 }
 
@@ -88,12 +90,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             hub.sweep();
         }
     });
+    let sampler = tokio::spawn(crate::livestats::run_sampler(shared.clone()));
     tracing::info!(%local_addr, node = %shared.node, "pulsegate listening");
     Ok(Running {
         local_addr,
         shared,
         accept,
         sweeper,
+        sampler,
         tracker,
     })
 }
@@ -141,6 +145,7 @@ impl Running {
         self.shared.terminate();
         self.accept.abort();
         self.sweeper.abort();
+        self.sampler.abort();
         let _ = self.accept.await;
         // Every connection task holds a tracker sender; recv() is None once all are gone.
         let _ = tokio::time::timeout(Duration::from_secs(3), self.tracker.recv()).await;
@@ -214,6 +219,7 @@ async fn handle_socket(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
 ) {
+    let accepted_at = Instant::now();
     // Small frames must not wait for Nagle + delayed ACK (~40 ms).
     let _ = stream.set_nodelay(true);
     // Each phase is boxed separately so the task holds only the memory of
@@ -225,13 +231,13 @@ async fn handle_socket(
     // ends, which would put the whole unboxed future back into the task.
     match tls {
         None => {
-            let prepared = Box::pin(prepare(shared.clone(), stream, peer));
+            let prepared = Box::pin(prepare(shared.clone(), stream, peer, accepted_at));
             let next = prepared.await;
             let live = Box::pin(run_next(shared, next));
             live.await;
         }
         Some(acceptor) => {
-            let tls = Box::pin(handle_tls(shared, stream, peer, acceptor));
+            let tls = Box::pin(handle_tls(shared, stream, peer, acceptor, accepted_at));
             tls.await;
         }
     }
@@ -244,6 +250,7 @@ async fn handle_tls(
     stream: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
+    accepted_at: Instant,
 ) {
     let timeout = shared.config.server.handshake_timeout;
     let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -251,7 +258,7 @@ async fn handle_tls(
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    let prepared = Box::pin(prepare(shared.clone(), tls_stream, peer));
+    let prepared = Box::pin(prepare(shared.clone(), tls_stream, peer, accepted_at));
     let next = prepared.await;
     let live = Box::pin(run_next(shared, next));
     live.await;
@@ -264,7 +271,7 @@ enum Next<S> {
     /// A `/echo` connection.
     Echo(WebSocketStream<Prefixed<S>>, ConnSlot),
     /// Plain HTTP, served by hyper.
-    Http(Prefixed<S>),
+    Http(Prefixed<S>, SocketAddr),
     /// Already answered (refused) or failed.
     Done,
 }
@@ -277,14 +284,19 @@ where
     let live: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match next {
         Next::Ws(ws, meta, slot) => Box::pin(serve_ws(shared, ws, meta, slot)),
         Next::Echo(ws, slot) => Box::pin(serve_echo(ws, slot)),
-        Next::Http(io) => Box::pin(serve_http(shared, io)),
+        Next::Http(io, peer) => Box::pin(serve_http(shared, io, peer)),
         Next::Done => return,
     };
     live.await;
 }
 
 /// Reads the request head, answers refusals, and performs the upgrade.
-async fn prepare<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr) -> Next<S>
+async fn prepare<S>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    peer: SocketAddr,
+    accepted_at: Instant,
+) -> Next<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -304,6 +316,7 @@ where
                 return Next::Done;
             }
             Ok(Err(HeadError::Malformed(m))) => {
+                shared.metrics.rejected(Rejected::BadRequest);
                 let _ = handshake::write_error(
                     &mut stream,
                     400,
@@ -316,14 +329,14 @@ where
             }
             Ok(Err(_)) => return Next::Done,
             Err(_) => {
-                ServerStats::inc(&shared.stats.rejected);
+                shared.metrics.rejected(Rejected::HandshakeTimeout);
                 tracing::debug!(%peer, "handshake timeout");
                 return Next::Done;
             }
         };
     let is_ws_path = head.path == "/ws" || head.path == "/echo";
     if !(head.is_upgrade && is_ws_path) {
-        return Next::Http(Prefixed::new(buf.freeze(), stream));
+        return Next::Http(Prefixed::new(buf.freeze(), stream), peer);
     }
     let reject = |status: u16, reason: &'static str, code: &'static str, message: String| {
         (status, reason, code, message)
@@ -359,7 +372,11 @@ where
         None
     };
     if let Some((status, reason, code, message)) = refusal {
-        ServerStats::inc(&shared.stats.rejected);
+        shared.metrics.rejected(match code {
+            "draining" => Rejected::Draining,
+            "origin" => Rejected::Origin,
+            _ => Rejected::BadRequest,
+        });
         let extra = match code {
             "draining" => vec![("Retry-After", "5".to_string())],
             "bad_version" => vec![("Sec-WebSocket-Version", "13".to_string())],
@@ -379,7 +396,11 @@ where
     let slot = match shared.admit(peer.ip()) {
         Ok(s) => s,
         Err(which) => {
-            ServerStats::inc(&shared.stats.rejected);
+            shared.metrics.rejected(if which == "limit_total" {
+                Rejected::LimitTotal
+            } else {
+                Rejected::LimitPerIp
+            });
             let (status, reason, msg) = if which == "limit_total" {
                 (
                     503,
@@ -417,6 +438,11 @@ where
     {
         return Next::Done;
     }
+    shared.metrics.accepted(echo);
+    let handshake_us = accepted_at.elapsed().as_micros() as u64;
+    shared
+        .metrics
+        .observe(&shared.metrics.handshake, handshake_us);
     let rest = handshake::split_rest(buf, head_len);
     let ws = if echo {
         ws_builder(&shared.config).serve(Prefixed::new(rest, stream))
@@ -426,10 +452,17 @@ where
     if echo {
         Next::Echo(ws, slot)
     } else {
+        let creds = crate::admin::Credentials {
+            authorization: head.authorization.as_ref().map(|s| s.expose()),
+            cookie: head.cookie.as_ref().map(|s| s.expose()),
+            query: head.query.as_deref(),
+        };
+        let admin = crate::admin::is_admin(&shared.config, creds, peer.ip());
         let meta = ConnMeta {
             peer,
             codec,
             user_agent: head.user_agent,
+            admin,
         };
         Next::Ws(ws, meta, slot)
     }
@@ -443,13 +476,13 @@ pub(crate) fn ws_builder(config: &Config) -> ServerBuilder {
         .config(WsConfig::default().flush_threshold(512 * 1024))
 }
 
-async fn serve_http<S>(shared: Arc<Shared>, io: Prefixed<S>)
+async fn serve_http<S>(shared: Arc<Shared>, io: Prefixed<S>, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut phase = shared.phase.subscribe();
     let svc_shared = shared.clone();
-    let service = service_fn(move |req| crate::http::route(svc_shared.clone(), req));
+    let service = service_fn(move |req| crate::http::route(svc_shared.clone(), peer, req));
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(shared.config.server.handshake_timeout)

@@ -1,16 +1,48 @@
 //! State shared by the listener, every connection task and the HTTP routes.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pulsegate_core::{Control, Hub, Outbox, OutboxLimits, SlowConsumerPolicy};
+use pulsegate_core::{CloseReason, Control, Hub, Outbox, OutboxLimits, SlowConsumerPolicy};
+use pulsegate_proto::Codec;
 use tokio::sync::watch;
 
 use crate::config::{Config, SlowConsumer};
-use crate::stats::ServerStats;
+use crate::metrics::Metrics;
+
+/// What the admin API and the dashboard show about one live `/ws`
+/// connection. Counters are written only by the connection's own task
+/// (uncontended relaxed atomics) and read at request time.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Connection id (also in `welcome`).
+    pub id: u64,
+    /// Its outbound queue.
+    pub outbox: Arc<Outbox>,
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// `User-Agent`, truncated.
+    pub user_agent: Option<Box<str>>,
+    /// Negotiated codec.
+    pub codec: Codec,
+    /// May read `$sys/` topics.
+    pub admin: bool,
+    /// Upgrade time, µs since the Unix epoch.
+    pub connected_at_us: u64,
+    /// Frames received.
+    pub messages_in: AtomicU64,
+    /// Payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes written (frames written are `outbox.sent_frames`).
+    pub bytes_out: AtomicU64,
+    /// Active subscriptions.
+    pub subscriptions: AtomicU32,
+    /// Last WebSocket ping round trip, µs (0: none yet).
+    pub ping_rtt_us: AtomicU64,
+}
 
 /// Phase of the server's life, broadcast to every connection task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,28 +86,35 @@ pub struct Shared {
     pub node: String,
     /// The hub.
     pub hub: Arc<Hub>,
-    /// Server-side counters.
-    pub stats: ServerStats,
+    /// Server-side counters and histograms.
+    pub metrics: Metrics,
+    /// Rates and quantiles sampled once a second.
+    pub live: crate::livestats::LiveStats,
+    /// When the server started.
+    pub started: std::time::Instant,
     /// Phase broadcast.
     pub phase: watch::Sender<Phase>,
     next_conn: AtomicU64,
     active: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     draining: AtomicBool,
-    /// Live WebSocket connections' outboxes, to reach them out of band
-    /// (drain, stop; the admin API later).
-    conns: Mutex<HashMap<u64, Arc<Outbox>>>,
+    /// Live WebSocket connections, to reach them out of band (drain, stop,
+    /// the admin API) and to list them.
+    conns: Mutex<HashMap<u64, Arc<ConnInfo>>>,
 }
 
 impl Shared {
     /// Builds the shared state.
     pub fn new(config: Config, node: String, hub: Arc<Hub>) -> Arc<Shared> {
         let (phase, _) = watch::channel(Phase::Running);
+        let metrics = Metrics::new(config.metrics.enabled);
         Arc::new(Shared {
             config,
             node,
             hub,
-            stats: ServerStats::default(),
+            metrics,
+            live: Default::default(),
+            started: std::time::Instant::now(),
             phase,
             next_conn: AtomicU64::new(1),
             active: AtomicUsize::new(0),
@@ -114,15 +153,44 @@ impl Shared {
     }
 
     fn request_all(&self, control: Control) {
-        let conns: Vec<Arc<Outbox>> = self.conns.lock().values().cloned().collect();
-        for ob in conns {
-            ob.request(control);
+        for c in self.connections() {
+            c.outbox.request(control);
         }
     }
 
-    /// Registers a live connection's outbox.
-    pub fn register(&self, id: u64, outbox: &Arc<Outbox>) {
-        self.conns.lock().insert(id, outbox.clone());
+    /// Registers a live connection.
+    pub fn register(&self, info: &Arc<ConnInfo>) {
+        self.conns.lock().insert(info.id, info.clone());
+    }
+
+    /// Live `/ws` connections, sorted by id.
+    pub fn connections(&self) -> Vec<Arc<ConnInfo>> {
+        let mut v: Vec<Arc<ConnInfo>> = self.conns.lock().values().cloned().collect();
+        v.sort_unstable_by_key(|c| c.id);
+        v
+    }
+
+    /// Closes connection `id` with 4002 (operator); false if it is not live
+    /// (unknown, or already closing).
+    pub fn kick(&self, id: u64) -> bool {
+        let info = self.conns.lock().get(&id).cloned();
+        match info {
+            Some(c) if !c.outbox.is_closed() => {
+                c.outbox.close(CloseReason::Kicked, self.hub.stats());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// (deepest queue in messages, messages queued, bytes queued) over all
+    /// live connections, read at scrape time.
+    pub fn queue_depths(&self) -> (usize, usize, usize) {
+        let conns = self.conns.lock();
+        conns.values().fold((0, 0, 0), |(max, n, b), c| {
+            let (m, bytes) = c.outbox.depth();
+            (max.max(m), n + m, b + bytes)
+        })
     }
 
     /// Forgets a closed connection.

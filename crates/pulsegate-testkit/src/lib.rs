@@ -154,6 +154,13 @@ impl WsClient {
         }
     }
 
+    /// Closes with 1000 and waits (up to the step timeout) for the server's close reply.
+    pub async fn close(&mut self) {
+        let close = Message::close(Some(tokio_websockets::CloseCode::NORMAL_CLOSURE), "bye");
+        self.ws.send(close).await.expect("send close");
+        let _ = self.recv_close(STEP_TIMEOUT).await;
+    }
+
     /// Reads until the server's close frame; returns (code, reason). `None` if
     /// the connection ended without one.
     pub async fn recv_close(&mut self, wait: Duration) -> Option<(u16, String)> {
