@@ -26,8 +26,15 @@ pub const SYS_STATS_TOPIC: &str = "$sys/stats";
 const CONN_ROWS: usize = 50;
 /// Rows of the busiest-topics table.
 const TOPIC_ROWS: usize = 10;
-/// How often per-topic rates are recomputed (a pass over every topic).
-const TOPIC_EVERY: Duration = Duration::from_secs(5);
+/// How often per-topic rates are recomputed (a pass over every topic):
+/// every sample while topics are few, every 5 s when there are many.
+fn topic_every(topics: usize) -> Duration {
+    if topics <= 10_000 {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Sample {
@@ -87,7 +94,11 @@ impl LiveStats {
         while w.samples.len() > 61 {
             w.samples.pop_front();
         }
-        let due = w.topic_at.is_none_or(|t| t.elapsed() >= TOPIC_EVERY);
+        let every = topic_every(w.topics.len());
+        // A little slack so a 1 s sampler tick is never "just too early".
+        let due = w
+            .topic_at
+            .is_none_or(|t| t.elapsed() + Duration::from_millis(100) >= every);
         if due {
             let now = Instant::now();
             let elapsed = w.topic_at.map(|t| now.duration_since(t).as_secs_f64());

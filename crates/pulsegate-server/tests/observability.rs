@@ -174,6 +174,30 @@ async fn a_live_scrape_passes_promtool_check_metrics() {
     );
 }
 
+/// Every metric family in a scrape is documented in docs/OBSERVABILITY.md,
+/// and every documented metric is in the scrape.
+#[tokio::test]
+async fn every_metric_is_documented_and_every_documented_metric_exists() {
+    let server = TestServer::start().await;
+    let (text, _) = scrape(&server).await;
+    let scraped: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    let doc = include_str!("../../../docs/OBSERVABILITY.md");
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(name, _)| name.to_string()))
+        .filter(|n| n.starts_with("pulsegate_") || n.starts_with("process_"))
+        .collect();
+    let missing: Vec<_> = scraped.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&scraped).collect();
+    assert!(missing.is_empty(), "undocumented metrics: {missing:?}");
+    assert!(stale.is_empty(), "documented but not exposed: {stale:?}");
+}
+
 #[tokio::test]
 async fn openmetrics_is_served_when_asked_and_metrics_can_be_disabled() {
     let server = TestServer::start().await;
