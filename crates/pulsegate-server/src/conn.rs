@@ -184,7 +184,7 @@ pub async fn serve_ws<S>(
         bytes_out = info.bytes_out.load(Relaxed),
         close_code = code,
         initiator = initiator.label(),
-        reason = %reason,
+        reason = ?reason,
         ping_rtt_us = info.ping_rtt_us.load(Relaxed),
         "connection closed"
     );

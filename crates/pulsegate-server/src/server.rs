@@ -255,8 +255,14 @@ async fn handle_tls(
     let timeout = shared.config.server.handshake_timeout;
     let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        Ok(Err(e)) => {
+            shared.metrics.rejected(Rejected::BadRequest);
+            return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            shared.metrics.rejected(Rejected::HandshakeTimeout);
+            return tracing::debug!(%peer, "TLS handshake timed out");
+        }
     };
     let prepared = Box::pin(prepare(shared.clone(), tls_stream, peer, accepted_at));
     let next = prepared.await;
