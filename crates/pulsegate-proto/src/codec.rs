@@ -63,6 +63,8 @@ struct Wire<D> {
     snapshot: Option<bool>,
     #[serde(default)]
     since: Option<std::collections::BTreeMap<String, Position>>,
+    #[serde(default)]
+    token: Option<String>,
     /// `Some` whenever the field is present, even as `null`: null is a valid payload.
     #[serde(
         default,
@@ -266,6 +268,10 @@ impl Codec {
                 ("pub", id)
             }
             ClientFrame::Ping { id } => ("ping", id),
+            ClientFrame::Auth { id, token } => {
+                map.insert("token".into(), token.clone().into());
+                ("auth", id)
+            }
         };
         map.insert("op".into(), op.into());
         if let Some(id) = id {
@@ -335,6 +341,10 @@ fn from_wire<D>(
             Ok(ClientFrame::Pub { id, topic, data })
         }
         "ping" => Ok(ClientFrame::Ping { id }),
+        "auth" => {
+            let token = wire.token.ok_or_else(|| bad(&id, "auth needs `token`"))?;
+            Ok(ClientFrame::Auth { id, token })
+        }
         other => Err(DecodeError {
             kind: DecodeErrorKind::UnknownOp,
             message: format!(

@@ -63,6 +63,13 @@ pub enum ClientFrame {
         /// Echoed id.
         id: Option<Id>,
     },
+    /// `{"op":"auth","token":JWT}` — authenticate, or refresh a token before it expires.
+    Auth {
+        /// Echoed id.
+        id: Option<Id>,
+        /// The JWT (a secret: never logged).
+        token: String,
+    },
 }
 
 impl ClientFrame {
@@ -72,7 +79,8 @@ impl ClientFrame {
             ClientFrame::Sub { id, .. }
             | ClientFrame::Unsub { id, .. }
             | ClientFrame::Pub { id, .. }
-            | ClientFrame::Ping { id } => id.as_ref(),
+            | ClientFrame::Ping { id }
+            | ClientFrame::Auth { id, .. } => id.as_ref(),
         }
     }
 }
@@ -133,6 +141,9 @@ pub struct Reply {
     /// For `sub` with `since`: topics that cannot be recovered (resync them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_recovered: Option<Vec<String>>,
+    /// For `auth`: the token's `exp` (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
 }
 
 /// A control frame from the server.

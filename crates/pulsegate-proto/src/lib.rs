@@ -39,4 +39,8 @@ pub mod close_code {
     pub const KICKED: u16 = 4002;
     /// The connection's socket write made no progress for `server.write_timeout`.
     pub const WRITE_TIMEOUT: u16 = 4003;
+    /// The connection's token expired and was not refreshed with `{"op":"auth"}` in time.
+    pub const AUTH_EXPIRED: u16 = 4004;
+    /// `auth.mode = "jwt"` and no valid token arrived within `auth.timeout` of connecting.
+    pub const AUTH_TIMEOUT: u16 = 4005;
 }

@@ -165,6 +165,30 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether every topic matched by the (valid) pattern `pattern` is also
+/// matched by the (valid) pattern `grant`: the check behind topic ACLs, so
+/// that a grant of `site/+/power` allows subscribing to `site/a/power` and
+/// `site/+/power` but not `site/#` or `#`.
+pub fn covers(grant: &str, pattern: &str) -> bool {
+    let grant_dollar_wild = grant.starts_with('#') || grant.starts_with('+');
+    if grant_dollar_wild && pattern.starts_with('$') {
+        return false;
+    }
+    let mut g = grant.split('/');
+    let mut p = pattern.split('/');
+    loop {
+        match (g.next(), p.next()) {
+            // `#` in the grant covers whatever is left, including nothing.
+            (Some("#"), _) => return true,
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(gl), Some(pl)) if gl == pl && pl != "+" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +251,22 @@ mod tests {
         assert!(m("a/#", "a/$b"));
     }
 
+    #[test]
+    fn grants_cover_narrower_patterns_only() {
+        assert!(covers("site/+/power", "site/a/power"));
+        assert!(covers("site/+/power", "site/+/power"));
+        assert!(!covers("site/+/power", "site/#"));
+        assert!(!covers("site/a/power", "site/+/power"));
+        assert!(covers("site/#", "site"));
+        assert!(covers("site/#", "site/+/x/#"));
+        assert!(!covers("site/#", "#"));
+        assert!(covers("#", "a/b"));
+        assert!(!covers("#", "$sys/stats"));
+        assert!(covers("users/alice/#", "users/alice/inbox"));
+        assert!(!covers("users/alice/#", "users/bob/inbox"));
+        assert!(!covers("a/+", "a/+/b"));
+    }
+
     /// The obvious definition: expand both into level vectors and compare.
     fn naive(pattern: &str, topic: &str) -> bool {
         let p: Vec<&str> = pattern.split('/').collect();
@@ -274,6 +314,17 @@ mod tests {
     }
 
     proptest! {
+        /// A grant that covers a pattern matches every topic the pattern matches.
+        #[test]
+        fn covering_grants_match_whatever_the_pattern_matches(
+            g in pattern_strategy(), p in pattern_strategy(), t in topic_strategy()
+        ) {
+            let (gp, pp) = (Pattern::parse(&g, 256).unwrap(), Pattern::parse(&p, 256).unwrap());
+            if covers(&g, &p) && pp.matches(&t) {
+                prop_assert!(gp.matches(&t), "{g} covers {p} but not {t}");
+            }
+        }
+
         #[test]
         fn matcher_agrees_with_naive(p in pattern_strategy(), t in topic_strategy()) {
             let pat = Pattern::parse(&p, 256).unwrap();

@@ -28,6 +28,8 @@ pub struct Credentials<'a> {
     pub cookie: Option<&'a str>,
     /// Raw query string.
     pub query: Option<&'a str>,
+    /// A proxy forwarded the request (`Forwarded`/`X-Forwarded-For`/`X-Real-IP`).
+    pub forwarded: bool,
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
@@ -92,11 +94,12 @@ pub fn has_token(config: &Config, creds: Credentials<'_>) -> bool {
 }
 
 /// Whether a client may act as operator: the token when one is configured,
-/// else being on this machine.
+/// else being on this machine — and not relayed by a proxy on this machine
+/// (which would make every remote client look local).
 pub fn is_admin(config: &Config, creds: Credentials<'_>, peer: IpAddr) -> bool {
     match config.admin.token {
         Some(_) => has_token(config, creds),
-        None => peer.is_loopback() || peer.to_canonical().is_loopback(),
+        None => !creds.forwarded && (peer.is_loopback() || peer.to_canonical().is_loopback()),
     }
 }
 
@@ -119,6 +122,7 @@ mod tests {
             authorization: a,
             cookie: k,
             query: q,
+            forwarded: false,
         };
         assert!(is_admin(
             &c,
@@ -164,6 +168,11 @@ mod tests {
             Credentials::default(),
             "192.168.1.2".parse().unwrap()
         ));
+        let proxied = Credentials {
+            forwarded: true,
+            ..Default::default()
+        };
+        assert!(!is_admin(&c, proxied, "127.0.0.1".parse().unwrap()));
         assert!(!has_token(
             &c,
             Credentials {

@@ -67,11 +67,20 @@ pub const KEYS: &[&str] = &[
     "tls.key",
     "admin.token",
     "metrics.enabled",
+    "auth.mode",
+    "auth.jwt_hs256_secret",
+    "auth.jwt_public_key_file",
+    "auth.jwks_file",
+    "auth.audience",
+    "auth.issuer",
+    "auth.leeway",
+    "auth.timeout",
+    "auth.api_keys",
 ];
 
 /// Keys holding secrets: never printed, rendered as a comment by
 /// [`Config::to_toml_string`].
-pub const SECRET_KEYS: &[&str] = &["admin.token"];
+pub const SECRET_KEYS: &[&str] = &["admin.token", "auth.jwt_hs256_secret", "auth.api_keys"];
 
 /// Largest allowed `limits.max_topic_length`: topic lengths travel as `u16`.
 pub const MAX_TOPIC_LENGTH_CEILING: usize = 65_535;
@@ -101,6 +110,88 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Prometheus metrics and the live statistics.
     pub metrics: MetricsConfig,
+    /// Who may connect, subscribe and publish.
+    pub auth: AuthConfig,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone reachable may subscribe and publish (trusted networks only).
+    #[default]
+    None,
+    /// A JWT is required; its claims carry topic ACLs.
+    Jwt,
+}
+
+impl AuthMode {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Jwt => "jwt",
+        }
+    }
+}
+
+/// `[auth]`: client authentication and topic ACLs (see docs/SECURITY.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `"none"` (default: no authentication; keep the listener on a trusted
+    /// network) or `"jwt"`: WebSocket clients present a JWT (Bearer header,
+    /// `?token=`, a `bearer.<jwt>` subprotocol entry, or an `auth` message
+    /// within `auth.timeout`) and HTTP publishers a JWT or an API key. Token
+    /// claims `subscribe` and `publish` list the patterns allowed.
+    pub mode: AuthMode,
+    /// HS256 shared secret (at least 32 bytes). Exactly one of this,
+    /// `jwt_public_key_file` and `jwks_file` is set with `mode = "jwt"`.
+    /// Default: unset.
+    pub jwt_hs256_secret: Option<Secret>,
+    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key that
+    /// signs tokens. Default: unset.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Local JWKS file (`{"keys":[…]}`) with RS256/ES256 public keys, chosen
+    /// by the token's `kid`. Default: unset.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `aud` claim, when set. Default: unset (no `aud` check).
+    pub audience: Option<String>,
+    /// Required `iss` claim, when set. Default: unset (no `iss` check).
+    pub issuer: Option<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// With `mode = "jwt"`, how long a connection may stay without a valid
+    /// token before it is closed with 4005. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Static API keys for the HTTP publish API (`Authorization: Bearer
+    /// <key>`), each allowed to publish to every topic. At least 16
+    /// characters each. Default: none.
+    #[serde(deserialize_with = "secret_list")]
+    pub api_keys: Vec<Secret>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            jwt_hs256_secret: None,
+            jwt_public_key_file: None,
+            jwks_file: None,
+            audience: None,
+            issuer: None,
+            leeway: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+/// A list of secrets, as a TOML array or one comma-separated string.
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    list_or_comma_string(d).map(|v| v.into_iter().map(Secret::new).collect())
 }
 
 /// A secret string (token, password). Its `Debug` and `Display` never show
@@ -655,6 +746,8 @@ impl Config {
             }
         }
 
+        self.validate_auth()?;
+
         match (&self.tls.cert, &self.tls.key) {
             (None, None) => {}
             (Some(_), None) => {
@@ -675,6 +768,79 @@ impl Config {
             }
         }
 
+        Ok(())
+    }
+
+    /// `[auth]` when authentication is on.
+    pub fn auth_if_on(&self) -> Option<&AuthConfig> {
+        (self.auth.mode == AuthMode::Jwt).then_some(&self.auth)
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let sources = [
+            ("auth.jwt_hs256_secret", a.jwt_hs256_secret.is_some()),
+            ("auth.jwt_public_key_file", a.jwt_public_key_file.is_some()),
+            ("auth.jwks_file", a.jwks_file.is_some()),
+        ];
+        let set: Vec<&str> = sources.iter().filter(|s| s.1).map(|s| s.0).collect();
+        if a.mode == AuthMode::None {
+            let stray = set.first().copied().or_else(|| {
+                [
+                    ("auth.audience", a.audience.is_some()),
+                    ("auth.issuer", a.issuer.is_some()),
+                    ("auth.api_keys", !a.api_keys.is_empty()),
+                ]
+                .iter()
+                .find(|s| s.1)
+                .map(|s| s.0)
+            });
+            if let Some(key) = stray {
+                return Err(invalid(
+                    key,
+                    "is set but auth.mode is \"none\": set auth.mode = \"jwt\" or remove it".into(),
+                ));
+            }
+            return Ok(());
+        }
+        match set.as_slice() {
+            [] => {
+                return Err(invalid(
+                    "auth.mode",
+                    "is \"jwt\" but no key is configured: set one of auth.jwt_hs256_secret, auth.jwt_public_key_file, auth.jwks_file".into(),
+                ))
+            }
+            [_] => {}
+            [first, second, ..] => {
+                return Err(invalid(
+                    second,
+                    format!("cannot be combined with {first}: set exactly one token key source"),
+                ))
+            }
+        }
+        if let Some(secret) = &a.jwt_hs256_secret {
+            if secret.expose().len() < 32 {
+                return Err(invalid(
+                    "auth.jwt_hs256_secret",
+                    "must be at least 32 bytes (HS256 needs a key as long as its hash)".into(),
+                ));
+            }
+        }
+        if let Some(path) = &a.jwt_public_key_file {
+            check_readable_file("auth.jwt_public_key_file", path)?;
+        }
+        if let Some(path) = &a.jwks_file {
+            check_readable_file("auth.jwks_file", path)?;
+        }
+        if a.timeout.is_zero() {
+            return Err(invalid("auth.timeout", "must be > 0, got 0s".into()));
+        }
+        if a.api_keys.iter().any(|k| k.expose().chars().count() < 16) {
+            return Err(invalid(
+                "auth.api_keys",
+                "every key must be at least 16 characters".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -776,6 +942,36 @@ impl Config {
 
         out.push_str("\n[metrics]\n");
         line(&mut out, "enabled", &self.metrics.enabled.to_string());
+
+        let a = &self.auth;
+        out.push_str("\n[auth]\n");
+        line(&mut out, "mode", &toml_str(a.mode.as_str()));
+        match &a.jwt_hs256_secret {
+            Some(_) => out.push_str("# jwt_hs256_secret is set (not shown)\n"),
+            None => out.push_str("# jwt_hs256_secret is unset\n"),
+        }
+        for (name, path) in [
+            ("jwt_public_key_file", &a.jwt_public_key_file),
+            ("jwks_file", &a.jwks_file),
+        ] {
+            match path {
+                Some(path) => line(&mut out, name, &toml_str(&path.to_string_lossy())),
+                None => {
+                    let _ = writeln!(out, "# {name} is unset");
+                }
+            }
+        }
+        for (name, v) in [("audience", &a.audience), ("issuer", &a.issuer)] {
+            match v {
+                Some(v) => line(&mut out, name, &toml_str(v)),
+                None => {
+                    let _ = writeln!(out, "# {name} is unset");
+                }
+            }
+        }
+        line(&mut out, "leeway", &toml_duration(a.leeway));
+        line(&mut out, "timeout", &toml_duration(a.timeout));
+        let _ = writeln!(out, "# api_keys: {} set (not shown)", a.api_keys.len());
         out
     }
 }
@@ -1300,7 +1496,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown config section or key `listen` (in TOML text); known sections: \
-             server, limits, heartbeat, delivery, history, tls, admin, metrics; did you mean `server.listen`?"
+             server, limits, heartbeat, delivery, history, tls, admin, metrics, auth; did you mean `server.listen`?"
         );
     }
 
@@ -1513,6 +1709,11 @@ mod tests {
         c.tls.key = Some(key.0.clone());
         c.metrics.enabled = false;
         c.admin.token = Some(Secret::new("a-secret-token-of-some-length"));
+        c.auth.mode = AuthMode::Jwt;
+        c.auth.jwt_public_key_file = Some(cert.0.clone());
+        c.auth.audience = Some("dashboards".into());
+        c.auth.issuer = Some("https://idp.example".into());
+        c.auth.leeway = Duration::from_secs(5);
 
         let text = c.to_toml_string();
         assert!(!text.contains("a-secret-token"), "{text}");
@@ -1531,10 +1732,12 @@ mod tests {
                 rendered.push(format!("{section}.{k}"));
             }
         }
+        // Secrets are never rendered; `auth.jwks_file` excludes the
+        // `auth.jwt_public_key_file` set here, so it is a comment.
         let expected: Vec<&str> = KEYS
             .iter()
             .copied()
-            .filter(|k| !SECRET_KEYS.contains(k))
+            .filter(|k| !SECRET_KEYS.contains(k) && *k != "auth.jwks_file")
             .collect();
         assert_eq!(rendered, expected);
     }

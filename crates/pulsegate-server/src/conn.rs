@@ -46,6 +46,8 @@ pub struct ConnMeta {
     pub user_agent: Option<String>,
     /// May subscribe to `$sys/` topics (see [`crate::admin`]).
     pub admin: bool,
+    /// The verified token of the upgrade (`auth.mode = "jwt"`), if any.
+    pub identity: Option<Box<crate::auth::Identity>>,
 }
 
 /// How a connection ended; decides the close frame and the log line.
@@ -106,6 +108,14 @@ struct Conn<S> {
     info: Arc<ConnInfo>,
     /// Ingress times of the batch being written (reused; for the lag histogram).
     lag_ts: Vec<u64>,
+    /// Token and grants (`auth.mode = "jwt"`); boxed, as most connections
+    /// of an unauthenticated deployment never have one.
+    identity: Option<Box<crate::auth::Identity>>,
+    /// When the token expires (plus leeway), or when an unauthenticated
+    /// connection must have authenticated by.
+    auth_deadline: Option<Instant>,
+    /// `auth_deadline` changed: the run loop re-arms its timer.
+    auth_changed: bool,
 }
 
 /// Runs a `/ws` connection until it closes.
@@ -128,6 +138,7 @@ pub async fn serve_ws<S>(
         codec: meta.codec,
         admin: meta.admin,
         connected_at_us: now_micros(),
+        subject: parking_lot::Mutex::new(meta.identity.as_ref().map(|i| i.subject.as_str().into())),
         messages_in: Default::default(),
         bytes_in: Default::default(),
         bytes_out: Default::default(),
@@ -142,10 +153,23 @@ pub async fn serve_ws<S>(
         batch: Vec::new(),
         info,
         lag_ts: Vec::new(),
+        identity: None,
+        auth_deadline: None,
+        auth_changed: false,
         outbox,
         shared,
     };
     conn.shared.register(&conn.info);
+    if let Some(auth) = &conn.shared.config.auth_if_on() {
+        conn.auth_deadline = match &meta.identity {
+            Some(id) => Some(expiry_instant(id, auth.leeway)),
+            // Operators holding the admin token need no JWT (the dashboard);
+            // loopback alone does not exempt a connection from auth.
+            None if meta.admin && conn.shared.config.admin.token.is_some() => None,
+            None => Some(Instant::now() + auth.timeout),
+        };
+    }
+    conn.identity = meta.identity;
     let hb = conn.shared.config.heartbeat.clone();
     conn.outbox.push_reply(
         conn.codec.encode(&ServerFrame::Welcome {
@@ -250,19 +274,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         }
         let mut last_activity = Instant::now();
         let mut idle_check = Instant::now() + HIBERNATE_AFTER;
-        let next_deadline =
-            |next_ping: Instant, beat: &Heartbeat, drain: Option<Instant>, idle: Instant| {
-                [Some(next_ping), beat.pong_deadline, drain, Some(idle)]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .expect("next_ping is always set")
-            };
-        let timer = tokio::time::sleep_until(next_deadline(next_ping, &beat, drain_at, idle_check));
+        let next_deadline = |next_ping: Instant,
+                             beat: &Heartbeat,
+                             drain: Option<Instant>,
+                             idle: Instant,
+                             auth: Option<Instant>| {
+            [Some(next_ping), beat.pong_deadline, drain, Some(idle), auth]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("next_ping is always set")
+        };
+        let timer = tokio::time::sleep_until(next_deadline(
+            next_ping,
+            &beat,
+            drain_at,
+            idle_check,
+            self.auth_deadline,
+        ));
         tokio::pin!(timer);
         let mut outbox_signaled = false;
         let mut hibernate = false;
         loop {
+            if std::mem::take(&mut self.auth_changed) {
+                timer.as_mut().reset(next_deadline(
+                    next_ping,
+                    &beat,
+                    drain_at,
+                    idle_check,
+                    self.auth_deadline,
+                ));
+            }
             if outbox_signaled {
                 outbox_signaled = false;
                 match self.outbox.control() {
@@ -273,9 +315,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         // Spread closes over the drain period so clients do not reconnect all at once.
                         let period = self.shared.config.server.drain_period;
                         drain_at = Some(Instant::now() + period.mul_f64(fastrand::f64()));
-                        timer
-                            .as_mut()
-                            .reset(next_deadline(next_ping, &beat, drain_at, idle_check));
+                        timer.as_mut().reset(next_deadline(
+                            next_ping,
+                            &beat,
+                            drain_at,
+                            idle_check,
+                            self.auth_deadline,
+                        ));
                     }
                     _ => {}
                 }
@@ -332,6 +378,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                             format!("draining; reconnect_after_ms={hint}"),
                         );
                     }
+                    if self.auth_deadline.is_some_and(|d| d <= now) {
+                        return if self.identity.is_some() {
+                            End::Close(
+                                close_code::AUTH_EXPIRED,
+                                "token expired; refresh it with an auth message before exp".into(),
+                            )
+                        } else {
+                            End::Close(
+                                close_code::AUTH_TIMEOUT,
+                                "no valid token within auth.timeout".into(),
+                            )
+                        };
+                    }
                     if beat.pong_deadline.is_some_and(|d| d <= now) {
                         self.shared.metrics.pong_timeout();
                         return End::Close(close_code::PONG_TIMEOUT, "pong timeout".into());
@@ -353,7 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         hibernate = last_activity + HIBERNATE_AFTER <= now;
                         idle_check = now.max(last_activity) + HIBERNATE_AFTER;
                     }
-                    timer.as_mut().reset(next_deadline(next_ping, &beat, drain_at, idle_check));
+                    timer.as_mut().reset(next_deadline(next_ping, &beat, drain_at, idle_check, self.auth_deadline));
                 }
                 frame = ws.next() => {
                     last_activity = Instant::now();
@@ -655,6 +714,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         self.shared.metrics.received(self.codec, kind, len);
         let max_topic = self.shared.config.limits.max_topic_length;
         match frame {
+            ClientFrame::Auth { id, token } => return self.authenticate(id, &token),
             ClientFrame::Ping { id } => {
                 self.reply(ServerFrame::Pong {
                     id,
@@ -677,6 +737,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         id,
                         ErrorCode::Forbidden,
                         "topics starting with `$` are reserved for the server".into(),
+                    );
+                    return None;
+                }
+                if let Some(why) = self.acl_refusal(|i| i.may_publish(&topic)) {
+                    self.shared.metrics.publish_error("forbidden");
+                    self.shared.metrics.acl_denied("pub");
+                    self.error(
+                        id,
+                        ErrorCode::Forbidden,
+                        format!("{why} publish to `{topic}`"),
                     );
                     return None;
                 }
@@ -718,12 +788,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         )
                     }
                 };
-                if topic.starts_with('$') && !self.info.admin {
+                if topic.starts_with('$') {
+                    if !self.info.admin {
+                        self.error(
+                            id,
+                            ErrorCode::Forbidden,
+                            "`$` topics are for operators: connect with the admin token (admin.token)"
+                                .into(),
+                        );
+                        return None;
+                    }
+                } else if let Some(why) = self.acl_refusal(|i| i.may_subscribe(&topic)) {
+                    self.shared.metrics.acl_denied("sub");
                     self.error(
                         id,
                         ErrorCode::Forbidden,
-                        "`$` topics are for operators: connect with the admin token (admin.token)"
-                            .into(),
+                        format!("{why} subscribe to `{topic}`"),
                     );
                     return None;
                 }
@@ -799,6 +879,71 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         None
     }
 
+    /// `None` if the connection may do what `allowed` checks on its token
+    /// (always, with `auth.mode = "none"`); else the start of the refusal.
+    fn acl_refusal(
+        &self,
+        allowed: impl Fn(&crate::auth::Identity) -> bool,
+    ) -> Option<&'static str> {
+        self.shared.auth.as_ref()?;
+        match &self.identity {
+            None => Some("authenticate first ({\"op\":\"auth\",\"token\":…}) to"),
+            Some(i) if allowed(i) => None,
+            Some(_) => Some("the token does not allow you to"),
+        }
+    }
+
+    /// `{"op":"auth"}`: a first token, or a fresh one for the same subject.
+    fn authenticate(&mut self, id: Option<Id>, token: &str) -> Option<End> {
+        let Some(auth) = &self.shared.auth else {
+            self.error(
+                id,
+                ErrorCode::BadRequest,
+                "authentication is off on this server (auth.mode = \"none\")".into(),
+            );
+            return None;
+        };
+        match auth.verify(token) {
+            Ok(new) => {
+                if let Some(old) = &self.identity {
+                    if old.subject != new.subject {
+                        self.shared.metrics.auth_failure("invalid");
+                        return self.protocol_error(
+                            id,
+                            FrameError::BadRequest,
+                            ErrorCode::Forbidden,
+                            format!(
+                                "the new token is for `{}`, this connection for `{}`",
+                                new.subject, old.subject
+                            ),
+                        );
+                    }
+                }
+                let leeway = self.shared.config.auth.leeway;
+                self.auth_deadline = Some(expiry_instant(&new, leeway));
+                self.auth_changed = true;
+                *self.info.subject.lock() = Some(new.subject.as_str().into());
+                let exp = new.expires_at;
+                self.identity = Some(Box::new(new));
+                self.reply(ServerFrame::Ok(Reply {
+                    id,
+                    exp,
+                    ..Reply::default()
+                }));
+                None
+            }
+            Err(e) => {
+                self.shared.metrics.auth_failure(e.label());
+                self.protocol_error(
+                    id,
+                    FrameError::BadRequest,
+                    ErrorCode::Forbidden,
+                    e.to_string(),
+                )
+            }
+        }
+    }
+
     fn reply(&self, frame: ServerFrame) {
         self.outbox
             .push_reply(self.codec.encode(&frame), self.shared.hub.stats());
@@ -828,6 +973,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             )
         })
     }
+}
+
+/// When a token stops being valid: `exp` plus the allowed clock skew.
+fn expiry_instant(id: &crate::auth::Identity, leeway: Duration) -> Instant {
+    let now_s = now_micros() / 1_000_000;
+    let left = id.expires_at.map_or(u64::MAX / 4, |exp| {
+        (exp + leeway.as_secs()).saturating_sub(now_s)
+    });
+    Instant::now() + Duration::from_secs(left.min(10 * 365 * 86_400))
 }
 
 fn hub_error_code(e: &HubError) -> ErrorCode {

@@ -45,6 +45,9 @@ pub struct RequestHead {
     pub authorization: Option<crate::config::Secret>,
     /// `Cookie` (may carry the dashboard's admin cookie; never logged).
     pub cookie: Option<crate::config::Secret>,
+    /// The request came through a proxy (`Forwarded`, `X-Forwarded-For` or
+    /// `X-Real-IP` present): a loopback peer is then not a local operator.
+    pub forwarded: bool,
 }
 
 /// Why the head could not be read.
@@ -120,6 +123,11 @@ fn head_from(req: &httparse::Request<'_, '_>) -> RequestHead {
             head.user_agent = Some(value.chars().take(256).collect());
         } else if name.eq_ignore_ascii_case("authorization") {
             head.authorization = Some(crate::config::Secret::new(value));
+        } else if name.eq_ignore_ascii_case("forwarded")
+            || name.eq_ignore_ascii_case("x-forwarded-for")
+            || name.eq_ignore_ascii_case("x-real-ip")
+        {
+            head.forwarded = true;
         } else if name.eq_ignore_ascii_case("cookie") {
             head.cookie = Some(crate::config::Secret::new(value));
         } else if name.eq_ignore_ascii_case("upgrade") {

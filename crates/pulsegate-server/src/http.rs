@@ -55,8 +55,12 @@ pub async fn route(
         authorization: header("authorization"),
         cookie: header("cookie"),
         query: req.uri().query(),
+        forwarded: ["forwarded", "x-forwarded-for", "x-real-ip"]
+            .iter()
+            .any(|h| req.headers().contains_key(*h)),
     };
     let is_admin = admin::is_admin(&shared.config, creds, peer.ip());
+    let caller = caller(&shared, creds.authorization);
     // The admin API exists only with a token, and then needs it in the header.
     let admin_api = match &shared.config.admin.token {
         None => Err(error(
@@ -107,16 +111,19 @@ pub async fn route(
             "upgrade_required",
             "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade on a new connection",
         ),
-        (&Method::POST, "/api/publish") => publish_batch(&shared, req).await,
+        (&Method::POST, "/api/publish") => publish_batch(&shared, &caller, req).await,
         (&Method::POST, p) if p.starts_with("/api/publish/") => {
             let topic = decode_topic(&p["/api/publish/".len()..]);
-            publish_one(&shared, topic, req).await
+            publish_one(&shared, &caller, topic, req).await
         }
-        (&Method::GET, p) if p.starts_with("/api/topics/") => {
-            last_value(&shared, decode_topic(&p["/api/topics/".len()..]))
-        }
+        (&Method::GET, p) if p.starts_with("/api/topics/") => last_value(
+            &shared,
+            &caller,
+            decode_topic(&p["/api/topics/".len()..]),
+        ),
         (&Method::GET, p) if p.starts_with("/api/history/") => history(
             &shared,
+            &caller,
             decode_topic(&p["/api/history/".len()..]),
             req.uri().query(),
         ),
@@ -142,6 +149,73 @@ fn readyz(shared: &Shared) -> Resp {
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"status": "not_ready", "reason": r.as_str()}),
         ),
+    }
+}
+
+/// Who sent an HTTP request to the publish and read routes.
+enum Caller {
+    /// `auth.mode = "none"`: everyone may.
+    Open,
+    /// A valid JWT or API key.
+    Known(crate::auth::Identity),
+    /// `auth.mode = "jwt"` and no valid credential.
+    Refused(crate::auth::AuthError),
+}
+
+fn caller(shared: &Shared, authorization: Option<&str>) -> Caller {
+    let Some(auth) = &shared.auth else {
+        return Caller::Open;
+    };
+    let token = authorization
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = token else {
+        return Caller::Refused(crate::auth::AuthError::Missing);
+    };
+    if let Some(id) = auth.api_key(token) {
+        return Caller::Known(id);
+    }
+    match auth.verify(token) {
+        Ok(id) => Caller::Known(id),
+        Err(e) => Caller::Refused(e),
+    }
+}
+
+/// `Ok` if `caller` may act on `topic`: `op` is `pub` (publish grant) or
+/// `read` (a subscribe grant covering the topic).
+fn authorize(shared: &Shared, caller: &Caller, op: &str, topic: &str) -> Option<Resp> {
+    match caller {
+        Caller::Open => None,
+        Caller::Refused(e) => {
+            shared.metrics.auth_failure(e.label());
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+            r.headers_mut().insert(
+                "www-authenticate",
+                hyper::header::HeaderValue::from_static("Bearer realm=\"pulsegate\""),
+            );
+            Some(r)
+        }
+        Caller::Known(id) => {
+            let allowed = if op == "pub" {
+                id.may_publish(topic)
+            } else {
+                id.may_subscribe(topic)
+            };
+            if allowed {
+                None
+            } else {
+                shared.metrics.acl_denied(op);
+                let verb = if op == "pub" { "publish to" } else { "read" };
+                Some(error(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("the token does not allow you to {verb} `{topic}`"),
+                ))
+            }
+        }
     }
 }
 
@@ -373,6 +447,7 @@ fn stamp(m: &Message) -> Value {
 
 async fn publish_one(
     shared: &Shared,
+    caller: &Caller,
     topic: Result<String, String>,
     req: Request<Incoming>,
 ) -> Resp {
@@ -380,17 +455,25 @@ async fn publish_one(
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_topic", e),
     };
-    let resp = publish_one_inner(shared, topic, req).await;
+    let resp = publish_one_inner(shared, caller, topic, req).await;
     count_refusal(shared, &resp);
     resp
 }
 
-async fn publish_one_inner(shared: &Shared, topic: String, req: Request<Incoming>) -> Resp {
+async fn publish_one_inner(
+    shared: &Shared,
+    caller: &Caller,
+    topic: String,
+    req: Request<Incoming>,
+) -> Resp {
     if let Err(e) = validate_topic(&topic, shared.config.limits.max_topic_length) {
         return error(StatusCode::BAD_REQUEST, "bad_topic", e.to_string());
     }
     if topic.starts_with('$') {
         return reserved_topic();
+    }
+    if let Some(r) = authorize(shared, caller, "pub", &topic) {
+        return r;
     }
     let body = match read_body(shared, req).await {
         Ok(b) => b,
@@ -439,6 +522,7 @@ fn count_refusal(shared: &Shared, resp: &Resp) {
         StatusCode::OK => return,
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::TOO_MANY_REQUESTS => "limit",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         _ => "bad_request",
@@ -446,13 +530,19 @@ fn count_refusal(shared: &Shared, resp: &Resp) {
     shared.metrics.publish_error(reason);
 }
 
-async fn publish_batch(shared: &Shared, req: Request<Incoming>) -> Resp {
-    let resp = publish_batch_inner(shared, req).await;
+async fn publish_batch(shared: &Shared, caller: &Caller, req: Request<Incoming>) -> Resp {
+    let resp = publish_batch_inner(shared, caller, req).await;
     count_refusal(shared, &resp);
     resp
 }
 
-async fn publish_batch_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
+async fn publish_batch_inner(shared: &Shared, caller: &Caller, req: Request<Incoming>) -> Resp {
+    if let Caller::Refused(_) = caller {
+        // Refuse before reading the body.
+        if let Some(r) = authorize(shared, caller, "pub", "") {
+            return r;
+        }
+    }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Item<'a> {
@@ -491,6 +581,9 @@ async fn publish_batch_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
                 format!("item {i}: topics starting with `$` are reserved for the server"),
             );
         }
+        if let Some(r) = authorize(shared, caller, "pub", &item.topic) {
+            return r;
+        }
     }
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -512,13 +605,18 @@ async fn publish_batch_inner(shared: &Shared, req: Request<Incoming>) -> Resp {
     json_response(StatusCode::OK, &Value::Array(out))
 }
 
-fn last_value(shared: &Shared, topic: Result<String, String>) -> Resp {
+fn last_value(shared: &Shared, caller: &Caller, topic: Result<String, String>) -> Resp {
     let topic = match topic {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_topic", e),
     };
     if let Err(e) = validate_topic(&topic, shared.config.limits.max_topic_length) {
         return error(StatusCode::BAD_REQUEST, "bad_topic", e.to_string());
+    }
+    if !topic.starts_with('$') {
+        if let Some(r) = authorize(shared, caller, "read", &topic) {
+            return r;
+        }
     }
     match shared.hub.last_value(&topic) {
         Some(m) => json_response(StatusCode::OK, &message_json(&m)),
@@ -539,13 +637,23 @@ fn message_json(m: &Message) -> Value {
 const HISTORY_DEFAULT_LIMIT: usize = 100;
 const HISTORY_MAX_LIMIT: usize = 10_000;
 
-fn history(shared: &Shared, topic: Result<String, String>, query: Option<&str>) -> Resp {
+fn history(
+    shared: &Shared,
+    caller: &Caller,
+    topic: Result<String, String>,
+    query: Option<&str>,
+) -> Resp {
     let topic = match topic {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_topic", e),
     };
     if let Err(e) = validate_topic(&topic, shared.config.limits.max_topic_length) {
         return error(StatusCode::BAD_REQUEST, "bad_topic", e.to_string());
+    }
+    if !topic.starts_with('$') {
+        if let Some(r) = authorize(shared, caller, "read", &topic) {
+            return r;
+        }
     }
     let mut since = 0u64;
     let mut limit = HISTORY_DEFAULT_LIMIT;

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod handshake;
@@ -39,4 +40,7 @@ pub enum StartError {
     /// TLS files unusable.
     #[error("TLS: {0}")]
     Tls(String),
+    /// Auth key files unusable.
+    #[error("auth: {0}")]
+    Auth(String),
 }

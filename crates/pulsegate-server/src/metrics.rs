@@ -247,9 +247,9 @@ const BATCH_FRAMES: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 /// Close codes that get their own label value; anything else is `other`.
 pub const CLOSE_CODES: &[u16] = &[
-    1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 4000, 4001, 4002, 4003,
+    1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 4000, 4001, 4002, 4003, 4004, 4005,
 ];
-const CLOSE_SLOTS: usize = 13;
+const CLOSE_SLOTS: usize = 15;
 
 /// Who initiated a close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,16 +290,24 @@ pub enum Rejected {
     BadRequest,
     /// The server is draining.
     Draining,
+    /// A token on the upgrade was invalid or expired (`auth.mode = "jwt"`).
+    Auth,
 }
 
-const REJECTED: [(&str, Rejected); 6] = [
+const REJECTED: [(&str, Rejected); 7] = [
     ("origin", Rejected::Origin),
     ("limit_total", Rejected::LimitTotal),
     ("limit_per_ip", Rejected::LimitPerIp),
     ("handshake_timeout", Rejected::HandshakeTimeout),
     ("bad_request", Rejected::BadRequest),
     ("draining", Rejected::Draining),
+    ("auth", Rejected::Auth),
 ];
+
+/// Why a token was refused (upgrade, `auth` message, HTTP).
+const AUTH_FAILURES: [&str; 3] = ["missing", "expired", "invalid"];
+/// Operations refused by a token's ACL.
+const ACL_OPS: [&str; 3] = ["sub", "pub", "read"];
 
 /// Kinds of malformed client input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,12 +352,13 @@ pub enum Source {
 const SOURCES: [&str; 3] = ["http", "ws", "system"];
 
 /// Why a publish was refused.
-pub const PUBLISH_ERRORS: [&str; 5] = [
+pub const PUBLISH_ERRORS: [&str; 6] = [
     "bad_request",
     "too_large",
     "limit",
     "unavailable",
     "forbidden",
+    "unauthorized",
 ];
 
 /// Message kinds for traffic counters.
@@ -385,13 +394,15 @@ pub struct Metrics {
     pub write_batch: Histo,
     /// accepted ws, accepted echo.
     accepted: Counters<2>,
-    rejected: Counters<6>,
+    rejected: Counters<7>,
+    auth_failures: Counters<3>,
+    acl_denials: Counters<3>,
     closes: Counters<{ CLOSE_SLOTS * 3 }>,
     /// [codec][kind][messages|bytes] in, then the same out.
     traffic_in: Counters<8>,
     traffic_out: Counters<8>,
     publishes: Counters<3>,
-    publish_errors: Counters<5>,
+    publish_errors: Counters<6>,
     frame_errors: Counters<7>,
     /// pong timeouts, write timeouts, hibernations.
     misc: Counters<3>,
@@ -421,6 +432,8 @@ impl Metrics {
             write_batch: Histo::new(BATCH_FRAMES, 1.0),
             accepted: Counters::default(),
             rejected: Counters::default(),
+            auth_failures: Counters::default(),
+            acl_denials: Counters::default(),
             closes: Counters::default(),
             traffic_in: Counters::default(),
             traffic_out: Counters::default(),
@@ -459,6 +472,21 @@ impl Metrics {
     pub fn rejected(&self, why: Rejected) {
         let i = REJECTED.iter().position(|(_, r)| *r == why).unwrap_or(0);
         self.rejected.add(i, 1);
+    }
+
+    /// Counts a refused token; `reason` is `missing`, `expired` or `invalid`.
+    pub fn auth_failure(&self, reason: &str) {
+        if let Some(i) = AUTH_FAILURES.iter().position(|r| *r == reason) {
+            self.auth_failures.add(i, 1);
+        }
+    }
+
+    /// Counts an operation a token's ACL did not allow: `sub`, `pub` or
+    /// `read` (HTTP last value / history).
+    pub fn acl_denied(&self, op: &str) {
+        if let Some(i) = ACL_OPS.iter().position(|r| *r == op) {
+            self.acl_denials.add(i, 1);
+        }
     }
 
     /// Refused upgrades in total.
@@ -724,6 +752,35 @@ impl Collector for ServerCollector {
         e.labelled(
             "pulsegate_connections_rejected",
             "WebSocket upgrades refused, by reason.",
+            None,
+            COUNTER,
+            &rows,
+        )?;
+        let rows: Vec<_> = AUTH_FAILURES
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    vec![("reason", r.to_string())],
+                    m.auth_failures.get(i) as f64,
+                )
+            })
+            .collect();
+        e.labelled(
+            "pulsegate_auth_failures",
+            "Tokens refused (upgrade, auth message, HTTP), by reason.",
+            None,
+            COUNTER,
+            &rows,
+        )?;
+        let rows: Vec<_> = ACL_OPS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (vec![("op", r.to_string())], m.acl_denials.get(i) as f64))
+            .collect();
+        e.labelled(
+            "pulsegate_acl_denials",
+            "Operations refused by a token's topic ACL, by operation.",
             None,
             COUNTER,
             &rows,

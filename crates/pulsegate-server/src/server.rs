@@ -80,7 +80,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
         Arc::new(MemoryBackplane),
     ));
-    let shared = Shared::new(config, node, hub.clone());
+    let auth = crate::auth::Authenticator::from_config(&config.auth).map_err(StartError::Auth)?;
+    let shared = Shared::new(config, node, hub.clone(), auth);
     let (tracker_tx, tracker) = mpsc::channel(1);
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), tls, tracker_tx));
     let sweeper = tokio::spawn(async move {
@@ -377,10 +378,36 @@ where
     } else {
         None
     };
+    // With `auth.mode = "jwt"`, a token on the upgrade must be valid; without
+    // one the connection must authenticate with an `auth` message in time.
+    let mut identity = None;
+    let refusal = match (refusal, &shared.auth) {
+        (None, Some(auth)) if head.path == "/ws" => {
+            let token = crate::auth::upgrade_token(
+                &shared.config,
+                head.authorization.as_ref().map(|s| s.expose()),
+                head.query.as_deref(),
+                &head.protocols,
+            );
+            match token.map(|t| auth.verify(&t)) {
+                None => None,
+                Some(Ok(id)) => {
+                    identity = Some(Box::new(id));
+                    None
+                }
+                Some(Err(e)) => {
+                    shared.metrics.auth_failure(e.label());
+                    Some(reject(401, "Unauthorized", "unauthorized", e.to_string()))
+                }
+            }
+        }
+        (r, _) => r,
+    };
     if let Some((status, reason, code, message)) = refusal {
         shared.metrics.rejected(match code {
             "draining" => Rejected::Draining,
             "origin" => Rejected::Origin,
+            "unauthorized" => Rejected::Auth,
             _ => Rejected::BadRequest,
         });
         let extra = match code {
@@ -462,6 +489,7 @@ where
             authorization: head.authorization.as_ref().map(|s| s.expose()),
             cookie: head.cookie.as_ref().map(|s| s.expose()),
             query: head.query.as_deref(),
+            forwarded: head.forwarded,
         };
         let admin = crate::admin::is_admin(&shared.config, creds, peer.ip());
         let meta = ConnMeta {
@@ -469,6 +497,7 @@ where
             codec,
             user_agent: head.user_agent,
             admin,
+            identity,
         };
         Next::Ws(ws, meta, slot)
     }

@@ -30,6 +30,8 @@ pub struct ConnInfo {
     pub codec: Codec,
     /// May read `$sys/` topics.
     pub admin: bool,
+    /// Token subject, when authenticated (`auth.mode = "jwt"`).
+    pub subject: parking_lot::Mutex<Option<Box<str>>>,
     /// Upgrade time, µs since the Unix epoch.
     pub connected_at_us: u64,
     /// Frames received.
@@ -88,6 +90,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// Server-side counters and histograms.
     pub metrics: Metrics,
+    /// Token verification (`auth.mode = "jwt"`), else `None`.
+    pub auth: Option<crate::auth::Authenticator>,
     /// Rates and quantiles sampled once a second.
     pub live: crate::livestats::LiveStats,
     /// When the server started.
@@ -105,7 +109,12 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the shared state.
-    pub fn new(config: Config, node: String, hub: Arc<Hub>) -> Arc<Shared> {
+    pub fn new(
+        config: Config,
+        node: String,
+        hub: Arc<Hub>,
+        auth: Option<crate::auth::Authenticator>,
+    ) -> Arc<Shared> {
         let (phase, _) = watch::channel(Phase::Running);
         let metrics = Metrics::new(config.metrics.enabled);
         Arc::new(Shared {
@@ -113,6 +122,7 @@ impl Shared {
             node,
             hub,
             metrics,
+            auth,
             live: Default::default(),
             started: std::time::Instant::now(),
             phase,
