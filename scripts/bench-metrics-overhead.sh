@@ -22,6 +22,7 @@ for round in $(seq 1 "$REPEAT"); do
     # taskset execs the server, so $! is the server's PID (for --server-pid).
     RUST_LOG=warn taskset -c 1 "$bin" serve --listen "127.0.0.1:$port" \
       --set limits.max_connections=19000 --set limits.max_connections_per_ip=19000 \
+      --set limits.handshake_rate_per_ip=0 --set limits.publish_rate=0 --set limits.publish_bytes_rate=0 \
       --set metrics.enabled=$mode >"$work/server.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done

@@ -9,4 +9,5 @@ cargo build --release -q -p pulsegate || die "build failed"
 export RUST_LOG=${RUST_LOG:-warn}
 run_peer pulsegate "ws://127.0.0.1:$port/ws" "$port" \
     target/release/pulsegate serve --listen "127.0.0.1:$port" \
-    --set limits.max_connections=19000 --set limits.max_connections_per_ip=19000
+    --set limits.max_connections=19000 --set limits.max_connections_per_ip=19000 \
+    --set limits.handshake_rate_per_ip=0 --set limits.publish_rate=0 --set limits.publish_bytes_rate=0

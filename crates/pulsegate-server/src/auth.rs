@@ -27,7 +27,7 @@ use crate::config::{AuthConfig, AuthMode, Secret};
 /// Who a connection or request is, and what it may do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    /// The token's `sub` (or `api-key` for an API key).
+    /// The token's `sub` (or `api-key-N` for the N-th API key).
     pub subject: String,
     /// `exp` of the token, seconds since the Unix epoch (`None`: API key).
     pub expires_at: Option<u64>,
@@ -198,13 +198,16 @@ impl Authenticator {
 
     /// The identity of a static API key (publish anywhere), if `key` is one.
     pub fn api_key(&self, key: &str) -> Option<Identity> {
-        let mut found = false;
+        let mut found = None;
         // Compare against every key, without stopping early.
-        for k in &self.api_keys {
-            found |= bool::from(k.expose().as_bytes().ct_eq(key.as_bytes()));
+        for (i, k) in self.api_keys.iter().enumerate() {
+            if bool::from(k.expose().as_bytes().ct_eq(key.as_bytes())) {
+                found = Some(i);
+            }
         }
-        found.then(|| Identity {
-            subject: "api-key".into(),
+        found.map(|i| Identity {
+            // Numbered, so each key has its own rate bucket; never the key itself.
+            subject: format!("api-key-{}", i + 1),
             expires_at: None,
             subscribe: Vec::new(),
             publish: vec![Pattern::parse("#", 1).expect("`#` is a valid pattern")],

@@ -55,6 +55,12 @@ pub const KEYS: &[&str] = &[
     "limits.max_subscriptions_per_connection",
     "limits.max_topic_length",
     "limits.max_protocol_errors",
+    "limits.handshake_rate_per_ip",
+    "limits.handshake_burst_per_ip",
+    "limits.publish_rate",
+    "limits.publish_bytes_rate",
+    "limits.max_pattern_wildcards",
+    "limits.max_queued_bytes_total",
     "heartbeat.ping_interval",
     "heartbeat.pong_timeout",
     "delivery.queue_max_messages",
@@ -335,6 +341,30 @@ pub struct LimitsConfig {
     /// the error that makes the count exceed this limit is answered too,
     /// then the connection is closed with close code 1008. Default `10`.
     pub max_protocol_errors: u32,
+    /// WebSocket upgrades per second from one client IP (token bucket);
+    /// beyond it the upgrade gets 429 `rate_limited`. `0` turns the check
+    /// off (load tests from one address). Default `100`.
+    pub handshake_rate_per_ip: u32,
+    /// Upgrades one IP may make at once before `handshake_rate_per_ip`
+    /// applies. Default `200`.
+    pub handshake_burst_per_ip: u32,
+    /// Messages per second one connection (or one HTTP credential: API key,
+    /// token subject, or client IP without auth) may publish, with a burst
+    /// of one second's worth; beyond it a publish is refused with `limit`
+    /// (HTTP 429). `0` turns it off. Default `100000`.
+    pub publish_rate: u32,
+    /// Payload bytes per second one connection (or HTTP credential) may
+    /// publish; the burst is one second's worth or `max_message_bytes`,
+    /// whichever is larger. `0` turns it off. Default `67108864` (64 MiB).
+    pub publish_bytes_rate: u32,
+    /// Most wildcards (`+` and `#`) in one subscription pattern; more is a
+    /// `bad_request`. Default `8`.
+    pub max_pattern_wildcards: usize,
+    /// Budget for bytes queued to all subscribers together (sampled once a
+    /// second). Above it new connections get 503 `at_capacity`, new
+    /// subscriptions `limit`, and `/readyz` says `at_capacity`, before the
+    /// kernel's OOM killer has to decide. Default `1073741824` (1 GiB).
+    pub max_queued_bytes_total: usize,
 }
 
 impl Default for LimitsConfig {
@@ -346,6 +376,12 @@ impl Default for LimitsConfig {
             max_subscriptions_per_connection: 1_000,
             max_topic_length: 256,
             max_protocol_errors: 10,
+            handshake_rate_per_ip: 100,
+            handshake_burst_per_ip: 200,
+            publish_rate: 100_000,
+            publish_bytes_rate: 64 * 1024 * 1024,
+            max_pattern_wildcards: 8,
+            max_queued_bytes_total: 1 << 30,
         }
     }
 }
@@ -660,7 +696,19 @@ impl Config {
     /// `tls.cert` and `tls.key` are set together and name existing files.
     /// The first violation is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&str, u64); 10] = [
+        let positive: [(&str, u64); 13] = [
+            (
+                "limits.handshake_burst_per_ip",
+                u64::from(self.limits.handshake_burst_per_ip),
+            ),
+            (
+                "limits.max_pattern_wildcards",
+                self.limits.max_pattern_wildcards as u64,
+            ),
+            (
+                "limits.max_queued_bytes_total",
+                self.limits.max_queued_bytes_total as u64,
+            ),
             ("limits.max_connections", self.limits.max_connections as u64),
             (
                 "limits.max_connections_per_ip",
@@ -898,6 +946,16 @@ impl Config {
             "max_protocol_errors",
             &l.max_protocol_errors.to_string(),
         );
+        for (name, v) in [
+            ("handshake_rate_per_ip", l.handshake_rate_per_ip as usize),
+            ("handshake_burst_per_ip", l.handshake_burst_per_ip as usize),
+            ("publish_rate", l.publish_rate as usize),
+            ("publish_bytes_rate", l.publish_bytes_rate as usize),
+            ("max_pattern_wildcards", l.max_pattern_wildcards),
+            ("max_queued_bytes_total", l.max_queued_bytes_total),
+        ] {
+            line(&mut out, name, &v.to_string());
+        }
 
         let h = &self.heartbeat;
         out.push_str("\n[heartbeat]\n");

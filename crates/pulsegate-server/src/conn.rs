@@ -116,6 +116,8 @@ struct Conn<S> {
     auth_deadline: Option<Instant>,
     /// `auth_deadline` changed: the run loop re-arms its timer.
     auth_changed: bool,
+    /// Publish rate buckets, created on the first `pub`.
+    pub_buckets: Option<Box<crate::ratelimit::PublishBuckets>>,
 }
 
 /// Runs a `/ws` connection until it closes.
@@ -156,6 +158,7 @@ pub async fn serve_ws<S>(
         identity: None,
         auth_deadline: None,
         auth_changed: false,
+        pub_buckets: None,
         outbox,
         shared,
     };
@@ -634,9 +637,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     _ => 1006,
                 };
                 let reason = e.to_string();
-                // Flush the close frame tokio-websockets queued for protocol errors.
+                // tokio-websockets queues a close frame for most protocol
+                // errors, but not for every one (a fragmented message that
+                // grows past the limit): send ours; if one is already on its
+                // way, the stream refuses a second and nothing more is written.
+                let close = (code != 1006)
+                    .then(|| CloseCode::try_from(code).ok())
+                    .flatten();
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
                     let _ = self.ws().flush().await;
+                    if let Some(close) = close {
+                        let _ = self.ws().send(Message::close(Some(close), &reason)).await;
+                    }
                     while let Some(Ok(_)) = self.ws().next().await {}
                 })
                 .await;
@@ -751,6 +763,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     return None;
                 }
                 let size = data.len();
+                if self.pub_buckets.is_none() {
+                    self.pub_buckets =
+                        crate::ratelimit::PublishBuckets::new(&self.shared.config.limits);
+                }
+                if let Some(Err(over)) = self.pub_buckets.as_ref().map(|b| b.take(size)) {
+                    self.shared.metrics.publish_error("limit");
+                    self.shared.metrics.rate_limited(over.label());
+                    self.error(id, ErrorCode::Limit, over.message().into());
+                    return None;
+                }
                 match self.shared.hub.publish(&topic, data) {
                     Ok(m) => {
                         let metrics = &self.shared.metrics;
@@ -788,6 +810,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         )
                     }
                 };
+                let wildcards = topic.split('/').filter(|l| *l == "+" || *l == "#").count();
+                let max_wild = self.shared.config.limits.max_pattern_wildcards;
+                if wildcards > max_wild {
+                    self.error(
+                        id,
+                        ErrorCode::BadRequest,
+                        format!("at most {max_wild} wildcards per pattern (limits.max_pattern_wildcards)"),
+                    );
+                    return None;
+                }
+                if self.shared.over_budget.load(Relaxed) {
+                    self.error(
+                        id,
+                        ErrorCode::Limit,
+                        "server at capacity: queued bytes over limits.max_queued_bytes_total"
+                            .into(),
+                    );
+                    return None;
+                }
                 if topic.starts_with('$') {
                     if !self.info.admin {
                         self.error(

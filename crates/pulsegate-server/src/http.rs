@@ -60,7 +60,10 @@ pub async fn route(
             .any(|h| req.headers().contains_key(*h)),
     };
     let is_admin = admin::is_admin(&shared.config, creds, peer.ip());
-    let caller = caller(&shared, creds.authorization);
+    let mut caller = caller(&shared, creds.authorization);
+    if let Caller::Open = caller {
+        caller = Caller::Anonymous(peer.ip().to_canonical().to_string());
+    }
     // The admin API exists only with a token, and then needs it in the header.
     let admin_api = match &shared.config.admin.token {
         None => Err(error(
@@ -156,6 +159,8 @@ fn readyz(shared: &Shared) -> Resp {
 enum Caller {
     /// `auth.mode = "none"`: everyone may.
     Open,
+    /// `auth.mode = "none"`, from this client IP (its publish rate bucket).
+    Anonymous(String),
     /// A valid JWT or API key.
     Known(crate::auth::Identity),
     /// `auth.mode = "jwt"` and no valid credential.
@@ -184,11 +189,31 @@ fn caller(shared: &Shared, authorization: Option<&str>) -> Caller {
     }
 }
 
-/// `Ok` if `caller` may act on `topic`: `op` is `pub` (publish grant) or
+/// `None` if `caller` may publish `size` more bytes now
+/// (`limits.publish_rate`, `limits.publish_bytes_rate`), else 429.
+fn rate_check(shared: &Shared, caller: &Caller, size: usize) -> Option<Resp> {
+    let bucket = match caller {
+        Caller::Anonymous(ip) => ip.as_str(),
+        Caller::Known(id) => id.subject.as_str(),
+        Caller::Open | Caller::Refused(_) => return None,
+    };
+    let over = shared.rates.http_publish(bucket, size).err()?;
+    shared.metrics.rate_limited(over.label());
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        over.message(),
+    );
+    r.headers_mut()
+        .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    Some(r)
+}
+
+/// `None` if `caller` may act on `topic`, else the refusal: `op` is `pub` (publish grant) or
 /// `read` (a subscribe grant covering the topic).
 fn authorize(shared: &Shared, caller: &Caller, op: &str, topic: &str) -> Option<Resp> {
     match caller {
-        Caller::Open => None,
+        Caller::Open | Caller::Anonymous(_) => None,
         Caller::Refused(e) => {
             shared.metrics.auth_failure(e.label());
             let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
@@ -489,6 +514,9 @@ async fn publish_one_inner(
             )
         }
     };
+    if let Some(r) = rate_check(shared, caller, data.len()) {
+        return r;
+    }
     match publish(shared, &topic, data) {
         Ok(m) => json_response(StatusCode::OK, &stamp(&m)),
         Err(e) => publish_error(e),
@@ -582,6 +610,11 @@ async fn publish_batch_inner(shared: &Shared, caller: &Caller, req: Request<Inco
             );
         }
         if let Some(r) = authorize(shared, caller, "pub", &item.topic) {
+            return r;
+        }
+    }
+    for item in &items {
+        if let Some(r) = rate_check(shared, caller, item.data.get().len()) {
             return r;
         }
     }

@@ -24,6 +24,7 @@ pub mod io;
 pub mod livestats;
 pub mod metrics;
 pub mod process;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -330,6 +330,20 @@ pub async fn run_sampler(shared: Arc<Shared>) {
     loop {
         every.tick().await;
         shared.live.sample(&shared);
+        let (_, _, queued_bytes) = shared.queue_depths();
+        let over = queued_bytes > shared.config.limits.max_queued_bytes_total;
+        if over
+            != shared
+                .over_budget
+                .swap(over, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                queued_bytes,
+                budget = shared.config.limits.max_queued_bytes_total,
+                over,
+                "queued bytes crossed limits.max_queued_bytes_total"
+            );
+        }
         if shared.hub.has_subscribers(SYS_STATS_TOPIC) {
             let body = Bytes::from(sys_stats_json(&shared).to_string());
             let len = body.len();

@@ -292,9 +292,13 @@ pub enum Rejected {
     Draining,
     /// A token on the upgrade was invalid or expired (`auth.mode = "jwt"`).
     Auth,
+    /// Over `limits.handshake_rate_per_ip`.
+    RateLimit,
+    /// Queued bytes over `limits.max_queued_bytes_total`.
+    MemoryBudget,
 }
 
-const REJECTED: [(&str, Rejected); 7] = [
+const REJECTED: [(&str, Rejected); 9] = [
     ("origin", Rejected::Origin),
     ("limit_total", Rejected::LimitTotal),
     ("limit_per_ip", Rejected::LimitPerIp),
@@ -302,7 +306,12 @@ const REJECTED: [(&str, Rejected); 7] = [
     ("bad_request", Rejected::BadRequest),
     ("draining", Rejected::Draining),
     ("auth", Rejected::Auth),
+    ("rate_limit", Rejected::RateLimit),
+    ("memory_budget", Rejected::MemoryBudget),
 ];
+
+/// What a rate limit refused.
+const RATE_LIMITED: [&str; 3] = ["handshake", "publish", "publish_bytes"];
 
 /// Why a token was refused (upgrade, `auth` message, HTTP).
 const AUTH_FAILURES: [&str; 3] = ["missing", "expired", "invalid"];
@@ -394,7 +403,8 @@ pub struct Metrics {
     pub write_batch: Histo,
     /// accepted ws, accepted echo.
     accepted: Counters<2>,
-    rejected: Counters<7>,
+    rejected: Counters<9>,
+    rate_limited: Counters<3>,
     auth_failures: Counters<3>,
     acl_denials: Counters<3>,
     closes: Counters<{ CLOSE_SLOTS * 3 }>,
@@ -432,6 +442,7 @@ impl Metrics {
             write_batch: Histo::new(BATCH_FRAMES, 1.0),
             accepted: Counters::default(),
             rejected: Counters::default(),
+            rate_limited: Counters::default(),
             auth_failures: Counters::default(),
             acl_denials: Counters::default(),
             closes: Counters::default(),
@@ -472,6 +483,13 @@ impl Metrics {
     pub fn rejected(&self, why: Rejected) {
         let i = REJECTED.iter().position(|(_, r)| *r == why).unwrap_or(0);
         self.rejected.add(i, 1);
+    }
+
+    /// Counts a refusal by a rate limit: `handshake`, `publish` or `publish_bytes`.
+    pub fn rate_limited(&self, what: &str) {
+        if let Some(i) = RATE_LIMITED.iter().position(|r| *r == what) {
+            self.rate_limited.add(i, 1);
+        }
     }
 
     /// Counts a refused token; `reason` is `missing`, `expired` or `invalid`.
@@ -756,6 +774,12 @@ impl Collector for ServerCollector {
             COUNTER,
             &rows,
         )?;
+        let rows: Vec<_> = RATE_LIMITED
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (vec![("what", r.to_string())], m.rate_limited.get(i) as f64))
+            .collect();
+        e.labelled("pulsegate_rate_limited", "Upgrades and publishes refused by a rate limit (limits.handshake_rate_per_ip, publish_rate, publish_bytes_rate).", None, COUNTER, &rows)?;
         let rows: Vec<_> = AUTH_FAILURES
             .iter()
             .enumerate()

@@ -84,11 +84,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shared = Shared::new(config, node, hub.clone(), auth);
     let (tracker_tx, tracker) = mpsc::channel(1);
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), tls, tracker_tx));
+    let swept = shared.clone();
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(SWEEP_EVERY);
         loop {
             every.tick().await;
             hub.sweep();
+            swept.rates.sweep();
         }
     });
     let sampler = tokio::spawn(crate::livestats::run_sampler(shared.clone()));
@@ -378,6 +380,26 @@ where
     } else {
         None
     };
+    let refusal = match refusal {
+        None if !shared.rates.handshake(peer.ip()) => Some(reject(
+            429,
+            "Too Many Requests",
+            "rate_limited",
+            "too many upgrades from this address (limits.handshake_rate_per_ip)".into(),
+        )),
+        None if shared
+            .over_budget
+            .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            Some(reject(
+                503,
+                "Service Unavailable",
+                "at_capacity",
+                "server at capacity: queued bytes over limits.max_queued_bytes_total".into(),
+            ))
+        }
+        r => r,
+    };
     // With `auth.mode = "jwt"`, a token on the upgrade must be valid; without
     // one the connection must authenticate with an `auth` message in time.
     let mut identity = None;
@@ -408,10 +430,16 @@ where
             "draining" => Rejected::Draining,
             "origin" => Rejected::Origin,
             "unauthorized" => Rejected::Auth,
+            "rate_limited" => Rejected::RateLimit,
+            "at_capacity" => Rejected::MemoryBudget,
             _ => Rejected::BadRequest,
         });
         let extra = match code {
-            "draining" => vec![("Retry-After", "5".to_string())],
+            "draining" | "at_capacity" => vec![("Retry-After", "5".to_string())],
+            "rate_limited" => {
+                shared.metrics.rate_limited("handshake");
+                vec![("Retry-After", "1".to_string())]
+            }
             "bad_version" => vec![("Sec-WebSocket-Version", "13".to_string())],
             _ => vec![],
         };

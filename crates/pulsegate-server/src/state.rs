@@ -92,6 +92,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Token verification (`auth.mode = "jwt"`), else `None`.
     pub auth: Option<crate::auth::Authenticator>,
+    /// Handshake and HTTP publish rate limits.
+    pub rates: crate::ratelimit::RateLimits,
+    /// Queued bytes over `limits.max_queued_bytes_total` at the last sample.
+    pub over_budget: AtomicBool,
     /// Rates and quantiles sampled once a second.
     pub live: crate::livestats::LiveStats,
     /// When the server started.
@@ -117,10 +121,13 @@ impl Shared {
     ) -> Arc<Shared> {
         let (phase, _) = watch::channel(Phase::Running);
         let metrics = Metrics::new(config.metrics.enabled);
+        let rates = crate::ratelimit::RateLimits::new(&config.limits);
         Arc::new(Shared {
             config,
             node,
             hub,
+            rates,
+            over_budget: AtomicBool::new(false),
             metrics,
             auth,
             live: Default::default(),
@@ -219,7 +226,9 @@ impl Shared {
             Some(NotReady::Draining)
         } else if !self.hub.backplane().is_up() {
             Some(NotReady::BackplaneDown)
-        } else if self.active.load(Relaxed) >= self.config.limits.max_connections {
+        } else if self.active.load(Relaxed) >= self.config.limits.max_connections
+            || self.over_budget.load(Relaxed)
+        {
             Some(NotReady::AtCapacity)
         } else {
             None
