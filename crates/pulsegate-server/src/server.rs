@@ -42,6 +42,7 @@ pub struct Running {
     sweeper: JoinHandle<()>,
     sampler: JoinHandle<()>,
     tracker: mpsc::Receiver<()>,
+    tls: Option<crate::tls::Tls>,
 }
 
 /// Binds the listener and starts serving in the background.
@@ -64,7 +65,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| StartError::Bind(addr, e))?;
     let tls = match (&config.tls.cert, &config.tls.key) {
-        (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
+        (Some(c), Some(k)) => Some(crate::tls::Tls::new(c, k)?),
         _ => None,
     };
     let node = config
@@ -83,7 +84,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let auth = crate::auth::Authenticator::from_config(&config.auth).map_err(StartError::Auth)?;
     let shared = Shared::new(config, node, hub.clone(), auth);
     let (tracker_tx, tracker) = mpsc::channel(1);
-    let accept = tokio::spawn(accept_loop(listener, shared.clone(), tls, tracker_tx));
+    let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+    let accept = tokio::spawn(accept_loop(listener, shared.clone(), acceptor, tracker_tx));
     let swept = shared.clone();
     let sweeper = tokio::spawn(async move {
         let mut every = tokio::time::interval(SWEEP_EVERY);
@@ -102,6 +104,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sweeper,
         sampler,
         tracker,
+        tls,
     })
 }
 
@@ -128,6 +131,16 @@ impl Running {
     /// connections close with 1001 spread over `server.drain_period`.
     pub fn drain(&self) {
         self.shared.start_drain();
+    }
+
+    /// Reads `tls.cert` and `tls.key` again (what `SIGHUP` does): new
+    /// handshakes use the new pair, open connections keep theirs. On error
+    /// the old pair stays in service. Without TLS this does nothing.
+    pub fn reload_tls(&self) -> Result<(), StartError> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Closes every connection now.
@@ -160,9 +173,17 @@ impl Running {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => match self.reload_tls() {
+                    Ok(()) if self.tls.is_some() => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Ok(()) => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; still serving the previous certificate"),
+                },
+            }
         }
         tracing::info!(
             connections = self.shared.active_connections(),

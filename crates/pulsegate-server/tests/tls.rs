@@ -198,3 +198,52 @@ async fn https_serves_the_http_routes_on_the_same_listener() {
         (200, json!({"status": "ready"}))
     );
 }
+
+/// A TLS handshake with a client that trusts exactly `cert`: `Ok` or the error.
+async fn handshake(
+    addr: SocketAddr,
+    cert: &CertificateDer<'static>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1").expect("name").to_owned();
+    tokio_rustls::TlsConnector::from(client_config(cert))
+        .connect(name, tcp)
+        .await
+}
+
+#[tokio::test]
+async fn sighup_reload_serves_the_new_certificate_and_keeps_open_connections() {
+    let first = self_signed();
+    let server = tls_server(&first).await;
+    let url = format!("wss://{}/ws", server.addr);
+    let connector =
+        Connector::Rustls(tokio_rustls::TlsConnector::from(client_config(&first.cert_der)));
+    let (mut open, _) = ClientBuilder::new()
+        .uri(&url)
+        .expect("url")
+        .connector(&connector)
+        .connect()
+        .await
+        .expect("wss with the first certificate");
+    assert_eq!(next_json(&mut open).await["op"], "welcome");
+
+    // A broken pair on disk: reload fails, the first certificate stays in service.
+    std::fs::write(&first.cert_path, "not a certificate").unwrap();
+    let err = server.running().reload_tls().unwrap_err();
+    assert!(err.to_string().contains("tls.cert"), "{err}");
+    assert!(handshake(server.addr, &first.cert_der).await.is_ok());
+
+    // A new pair at the same paths: new handshakes get it.
+    let second = self_signed();
+    std::fs::copy(&second.cert_path, &first.cert_path).unwrap();
+    std::fs::copy(&second.key_path, &first.key_path).unwrap();
+    server.running().reload_tls().expect("reload");
+    assert!(handshake(server.addr, &second.cert_der).await.is_ok());
+    assert!(handshake(server.addr, &first.cert_der).await.is_err());
+
+    // The connection made before the reload still works.
+    open.send(Message::text(json!({"op": "ping", "id": 1}).to_string()))
+        .await
+        .expect("send");
+    assert_eq!(next_json(&mut open).await["op"], "pong");
+}
