@@ -49,6 +49,7 @@ pub const KEYS: &[&str] = &[
     "server.handshake_timeout",
     "server.node_name",
     "server.write_timeout",
+    "server.trusted_proxies",
     "limits.max_connections",
     "limits.max_connections_per_ip",
     "limits.max_message_bytes",
@@ -301,6 +302,13 @@ pub struct ServerConfig {
     /// cannot take one (logged as close code 4003). Default `10s`.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Proxies (addresses or CIDR blocks) whose `Forwarded` /
+    /// `X-Forwarded-For` headers are believed: behind them, per-IP limits,
+    /// rate limits and logs use the client's address (the rightmost hop that
+    /// is not a trusted proxy). From any other peer those headers are
+    /// ignored. Default: empty (never believed).
+    #[serde(deserialize_with = "list_or_comma_string")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -312,6 +320,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             node_name: None,
             write_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -775,6 +784,10 @@ impl Config {
         for origin in &self.server.allowed_origins {
             check_origin(origin)?;
         }
+        for proxy in &self.server.trusted_proxies {
+            crate::clientip::parse_net(proxy)
+                .map_err(|e| invalid("server.trusted_proxies", format!("entry {e}")))?;
+        }
 
         if let Some(name) = &self.server.node_name {
             if name.trim().is_empty() {
@@ -917,6 +930,12 @@ impl Config {
             None => out.push_str("# node_name is unset: the host name is used\n"),
         }
         line(&mut out, "write_timeout", &toml_duration(s.write_timeout));
+        let proxies: Vec<String> = s.trusted_proxies.iter().map(|o| toml_str(o)).collect();
+        line(
+            &mut out,
+            "trusted_proxies",
+            &format!("[{}]", proxies.join(", ")),
+        );
 
         let l = &self.limits;
         out.push_str("\n[limits]\n");
@@ -1541,7 +1560,7 @@ mod tests {
         assert!(
             msg.ends_with(
                 "known keys in [server]: listen, allowed_origins, drain_period, \
-                 handshake_timeout, node_name, write_timeout; did you mean `server.listen`?"
+                 handshake_timeout, node_name, write_timeout, trusted_proxies; did you mean `server.listen`?"
             ),
             "{msg}"
         );

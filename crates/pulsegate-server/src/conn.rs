@@ -38,8 +38,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Facts about a connection fixed at upgrade time.
 #[derive(Debug, Clone)]
 pub struct ConnMeta {
-    /// Remote address.
+    /// Remote address (of the TCP peer: a proxy, behind one).
     pub peer: SocketAddr,
+    /// The client's address (see [`crate::clientip`]).
+    pub client_ip: std::net::IpAddr,
     /// Negotiated codec.
     pub codec: Codec,
     /// `User-Agent`, truncated.
@@ -136,6 +138,7 @@ pub async fn serve_ws<S>(
         id,
         outbox: outbox.clone(),
         peer: meta.peer,
+        client_ip: meta.client_ip,
         user_agent: meta.user_agent.map(|s| s.chars().take(128).collect()),
         codec: meta.codec,
         admin: meta.admin,
@@ -203,6 +206,7 @@ pub async fn serve_ws<S>(
     tracing::info!(
         conn = id,
         remote = %info.peer,
+        client_ip = %info.client_ip,
         codec = info.codec.label(),
         duration_ms,
         messages_in = info.messages_in.load(Relaxed),

@@ -48,6 +48,10 @@ pub struct RequestHead {
     /// The request came through a proxy (`Forwarded`, `X-Forwarded-For` or
     /// `X-Real-IP` present): a loopback peer is then not a local operator.
     pub forwarded: bool,
+    /// Client addresses claimed by proxies, in order: the `for=` hops of
+    /// `Forwarded`, else `X-Forwarded-For` (believed only from
+    /// `server.trusted_proxies`, see [`crate::clientip`]).
+    pub forwarded_chain: Vec<String>,
 }
 
 /// Why the head could not be read.
@@ -111,6 +115,7 @@ fn head_from(req: &httparse::Request<'_, '_>) -> RequestHead {
         ..RequestHead::default()
     };
     let mut upgrade_ws = false;
+    let (mut forwarded, mut xff) = (Vec::new(), Vec::new());
     let mut connection_upgrade = false;
     for h in req.headers.iter() {
         let value = String::from_utf8_lossy(h.value).trim().to_string();
@@ -123,10 +128,13 @@ fn head_from(req: &httparse::Request<'_, '_>) -> RequestHead {
             head.user_agent = Some(value.chars().take(256).collect());
         } else if name.eq_ignore_ascii_case("authorization") {
             head.authorization = Some(crate::config::Secret::new(value));
-        } else if name.eq_ignore_ascii_case("forwarded")
-            || name.eq_ignore_ascii_case("x-forwarded-for")
-            || name.eq_ignore_ascii_case("x-real-ip")
-        {
+        } else if name.eq_ignore_ascii_case("forwarded") {
+            head.forwarded = true;
+            forwarded.extend(crate::clientip::forwarded_for(&value));
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            head.forwarded = true;
+            xff.extend(crate::clientip::x_forwarded_for(&value));
+        } else if name.eq_ignore_ascii_case("x-real-ip") {
             head.forwarded = true;
         } else if name.eq_ignore_ascii_case("cookie") {
             head.cookie = Some(crate::config::Secret::new(value));
@@ -151,6 +159,7 @@ fn head_from(req: &httparse::Request<'_, '_>) -> RequestHead {
             );
         }
     }
+    head.forwarded_chain = if forwarded.is_empty() { xff } else { forwarded };
     head.is_upgrade = upgrade_ws && connection_upgrade;
     head
 }

@@ -62,7 +62,17 @@ pub async fn route(
     let is_admin = admin::is_admin(&shared.config, creds, peer.ip());
     let mut caller = caller(&shared, creds.authorization);
     if let Caller::Open = caller {
-        caller = Caller::Anonymous(peer.ip().to_canonical().to_string());
+        let mut chain = Vec::new();
+        for v in req.headers().get_all("forwarded") {
+            chain.extend(crate::clientip::forwarded_for(v.to_str().unwrap_or("")));
+        }
+        if chain.is_empty() {
+            for v in req.headers().get_all("x-forwarded-for") {
+                chain.extend(crate::clientip::x_forwarded_for(v.to_str().unwrap_or("")));
+            }
+        }
+        let ip = crate::clientip::client_ip(&shared.trusted_proxies, peer.ip(), &chain);
+        caller = Caller::Anonymous(ip.to_string());
     }
     // The admin API exists only with a token, and then needs it in the header.
     let admin_api = match &shared.config.admin.token {

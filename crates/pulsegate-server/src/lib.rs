@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clientip;
 pub mod config;
 pub mod conn;
 pub mod handshake;

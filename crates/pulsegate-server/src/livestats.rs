@@ -250,6 +250,7 @@ pub fn conn_json(c: &crate::state::ConnInfo) -> Value {
     json!({
         "id": c.id.to_string(),
         "remote": c.peer.to_string(),
+        "client_ip": c.client_ip.to_string(),
         "user_agent": c.user_agent.as_deref(),
         "subprotocol": c.codec.protocol(),
         "subscriptions": c.subscriptions.load(r),

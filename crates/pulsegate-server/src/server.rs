@@ -401,8 +401,10 @@ where
     } else {
         None
     };
+    let client_ip =
+        crate::clientip::client_ip(&shared.trusted_proxies, peer.ip(), &head.forwarded_chain);
     let refusal = match refusal {
-        None if !shared.rates.handshake(peer.ip()) => Some(reject(
+        None if !shared.rates.handshake(client_ip) => Some(reject(
             429,
             "Too Many Requests",
             "rate_limited",
@@ -475,7 +477,7 @@ where
         .await;
         return Next::Done;
     }
-    let slot = match shared.admit(peer.ip()) {
+    let slot = match shared.admit(client_ip) {
         Ok(s) => s,
         Err(which) => {
             shared.metrics.rejected(if which == "limit_total" {
@@ -543,6 +545,7 @@ where
         let admin = crate::admin::is_admin(&shared.config, creds, peer.ip());
         let meta = ConnMeta {
             peer,
+            client_ip,
             codec,
             user_agent: head.user_agent,
             admin,

@@ -22,8 +22,10 @@ pub struct ConnInfo {
     pub id: u64,
     /// Its outbound queue.
     pub outbox: Arc<Outbox>,
-    /// Remote address.
+    /// Remote address (of the TCP peer: a proxy, behind one).
     pub peer: SocketAddr,
+    /// The client's address: `peer`'s, or the one a trusted proxy forwarded.
+    pub client_ip: IpAddr,
     /// `User-Agent`, truncated.
     pub user_agent: Option<Box<str>>,
     /// Negotiated codec.
@@ -96,6 +98,8 @@ pub struct Shared {
     pub rates: crate::ratelimit::RateLimits,
     /// Queued bytes over `limits.max_queued_bytes_total` at the last sample.
     pub over_budget: AtomicBool,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Rates and quantiles sampled once a second.
     pub live: crate::livestats::LiveStats,
     /// When the server started.
@@ -122,12 +126,19 @@ impl Shared {
         let (phase, _) = watch::channel(Phase::Running);
         let metrics = Metrics::new(config.metrics.enabled);
         let rates = crate::ratelimit::RateLimits::new(&config.limits);
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| crate::clientip::parse_net(p).ok())
+            .collect();
         Arc::new(Shared {
             config,
             node,
             hub,
             rates,
             over_budget: AtomicBool::new(false),
+            trusted_proxies,
             metrics,
             auth,
             live: Default::default(),

@@ -302,3 +302,42 @@ async fn queued_bytes_over_the_global_budget_refuse_newcomers_until_drained() {
     }
     assert_eq!(upgrade_status(&server.ws_url(), &[]).await, 101);
 }
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_behind_trusted_proxies() {
+    let xff = |ip: &'static str| [("X-Forwarded-For", ip)];
+    // Not trusted: every client behind the "proxy" shares its address.
+    let plain = TestServer::start_with(|c| c.limits.max_connections_per_ip = 1).await;
+    let (s1, _, _c1) = pulsegate_testkit::raw_upgrade(plain.addr, "/ws", &xff("203.0.113.1")).await;
+    let (s2, _, _c2) = pulsegate_testkit::raw_upgrade(plain.addr, "/ws", &xff("203.0.113.2")).await;
+    assert_eq!((s1, s2), (101, 429));
+
+    // Trusted: each forwarded client has its own per-IP allowance.
+    let proxied = TestServer::start_with(|c| {
+        c.limits.max_connections_per_ip = 1;
+        c.server.trusted_proxies = vec!["127.0.0.1".into()];
+        c.admin.token = Some(pulsegate_server::config::Secret::new(
+            "proxy-test-admin-token",
+        ));
+    })
+    .await;
+    let (a, _, _k1) =
+        pulsegate_testkit::raw_upgrade(proxied.addr, "/ws", &xff("203.0.113.1")).await;
+    let (b, _, _k2) =
+        pulsegate_testkit::raw_upgrade(proxied.addr, "/ws", &xff("203.0.113.2")).await;
+    // A client cannot pick its address by prepending to the header.
+    let (c, _, _k3) =
+        pulsegate_testkit::raw_upgrade(proxied.addr, "/ws", &xff("198.51.100.9, 203.0.113.1"))
+            .await;
+    assert_eq!((a, b, c), (101, 101, 429));
+    let auth = [("Authorization", "Bearer proxy-test-admin-token")];
+    let (_, _, body) = http(proxied.addr, "GET", "/api/connections", &auth, b"").await;
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    let ips: Vec<&str> = list["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, ["203.0.113.1", "203.0.113.2"], "{list}");
+}

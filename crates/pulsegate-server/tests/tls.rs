@@ -216,8 +216,9 @@ async fn sighup_reload_serves_the_new_certificate_and_keeps_open_connections() {
     let first = self_signed();
     let server = tls_server(&first).await;
     let url = format!("wss://{}/ws", server.addr);
-    let connector =
-        Connector::Rustls(tokio_rustls::TlsConnector::from(client_config(&first.cert_der)));
+    let connector = Connector::Rustls(tokio_rustls::TlsConnector::from(client_config(
+        &first.cert_der,
+    )));
     let (mut open, _) = ClientBuilder::new()
         .uri(&url)
         .expect("url")
