@@ -72,6 +72,8 @@ pub const KEYS: &[&str] = &[
     "history.max_topics",
     "tls.cert",
     "tls.key",
+    "tls.client_ca",
+    "tls.require_client_cert_for_publish",
     "admin.token",
     "metrics.enabled",
     "auth.mode",
@@ -513,6 +515,15 @@ pub struct TlsConfig {
     /// Relative paths are resolved against the working directory.
     /// Default: unset.
     pub key: Option<PathBuf>,
+    /// PEM file with the CA certificate(s) that sign client certificates.
+    /// When set, the server asks every TLS client for a certificate
+    /// (optional for the client) and verifies the ones presented.
+    /// Default: unset.
+    pub client_ca: Option<PathBuf>,
+    /// Publishing (WebSocket `pub` and the HTTP publish API) needs a client
+    /// certificate verified against `client_ca` (mTLS publishers), on top of
+    /// what `auth.mode` asks. Subscribers need none. Default `false`.
+    pub require_client_cert_for_publish: bool,
 }
 
 /// Why configuration could not be loaded. Every message names the key (or
@@ -828,6 +839,21 @@ impl Config {
                 check_readable_file("tls.key", key)?;
             }
         }
+        if let Some(ca) = &self.tls.client_ca {
+            if self.tls.cert.is_none() {
+                return Err(invalid(
+                    "tls.client_ca",
+                    "needs TLS: set tls.cert and tls.key too".into(),
+                ));
+            }
+            check_readable_file("tls.client_ca", ca)?;
+        }
+        if self.tls.require_client_cert_for_publish && self.tls.client_ca.is_none() {
+            return Err(invalid(
+                "tls.require_client_cert_for_publish",
+                "needs tls.client_ca (the CA that signs publisher certificates)".into(),
+            ));
+        }
 
         Ok(())
     }
@@ -1002,7 +1028,11 @@ impl Config {
         line(&mut out, "max_topics", &hi.max_topics.to_string());
 
         out.push_str("\n[tls]\n");
-        for (name, path) in [("cert", &self.tls.cert), ("key", &self.tls.key)] {
+        for (name, path) in [
+            ("cert", &self.tls.cert),
+            ("key", &self.tls.key),
+            ("client_ca", &self.tls.client_ca),
+        ] {
             match path {
                 Some(path) => line(&mut out, name, &toml_str(&path.to_string_lossy())),
                 None => {
@@ -1010,6 +1040,12 @@ impl Config {
                 }
             }
         }
+
+        line(
+            &mut out,
+            "require_client_cert_for_publish",
+            &self.tls.require_client_cert_for_publish.to_string(),
+        );
 
         out.push_str("\n[admin]\n");
         match &self.admin.token {
@@ -1784,6 +1820,8 @@ mod tests {
         c.delivery.slow_consumer = SlowConsumer::Conflate;
         c.tls.cert = Some(cert.0.clone());
         c.tls.key = Some(key.0.clone());
+        c.tls.client_ca = Some(cert.0.clone());
+        c.tls.require_client_cert_for_publish = true;
         c.metrics.enabled = false;
         c.admin.token = Some(Secret::new("a-secret-token-of-some-length"));
         c.auth.mode = AuthMode::Jwt;

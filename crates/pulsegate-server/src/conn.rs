@@ -50,6 +50,8 @@ pub struct ConnMeta {
     pub admin: bool,
     /// The verified token of the upgrade (`auth.mode = "jwt"`), if any.
     pub identity: Option<Box<crate::auth::Identity>>,
+    /// The TLS client presented a certificate verified against `tls.client_ca`.
+    pub client_cert: bool,
 }
 
 /// How a connection ended; decides the close frame and the log line.
@@ -120,6 +122,8 @@ struct Conn<S> {
     auth_changed: bool,
     /// Publish rate buckets, created on the first `pub`.
     pub_buckets: Option<Box<crate::ratelimit::PublishBuckets>>,
+    /// Verified TLS client certificate (mTLS publishers).
+    client_cert: bool,
 }
 
 /// Runs a `/ws` connection until it closes.
@@ -162,6 +166,7 @@ pub async fn serve_ws<S>(
         auth_deadline: None,
         auth_changed: false,
         pub_buckets: None,
+        client_cert: meta.client_cert,
         outbox,
         shared,
     };
@@ -753,6 +758,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         id,
                         ErrorCode::Forbidden,
                         "topics starting with `$` are reserved for the server".into(),
+                    );
+                    return None;
+                }
+                if self.shared.config.tls.require_client_cert_for_publish && !self.client_cert {
+                    self.shared.metrics.publish_error("forbidden");
+                    self.error(
+                        id,
+                        ErrorCode::Forbidden,
+                        "publishing needs a TLS client certificate (tls.require_client_cert_for_publish)".into(),
                     );
                     return None;
                 }

@@ -46,6 +46,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp {
 pub async fn route(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    client_cert: bool,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
@@ -124,6 +125,18 @@ pub async fn route(
             "upgrade_required",
             "this endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade on a new connection",
         ),
+        (&Method::POST, p)
+            if p.starts_with("/api/publish")
+                && shared.config.tls.require_client_cert_for_publish
+                && !client_cert =>
+        {
+            shared.metrics.publish_error("forbidden");
+            error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "publishing needs a TLS client certificate (tls.require_client_cert_for_publish)",
+            )
+        }
         (&Method::POST, "/api/publish") => publish_batch(&shared, &caller, req).await,
         (&Method::POST, p) if p.starts_with("/api/publish/") => {
             let topic = decode_topic(&p["/api/publish/".len()..]);

@@ -65,7 +65,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .local_addr()
         .map_err(|e| StartError::Bind(addr, e))?;
     let tls = match (&config.tls.cert, &config.tls.key) {
-        (Some(c), Some(k)) => Some(crate::tls::Tls::new(c, k)?),
+        (Some(c), Some(k)) => Some(crate::tls::Tls::new(c, k, config.tls.client_ca.as_deref())?),
         _ => None,
     };
     let node = config
@@ -255,7 +255,7 @@ async fn handle_socket(
     // ends, which would put the whole unboxed future back into the task.
     match tls {
         None => {
-            let prepared = Box::pin(prepare(shared.clone(), stream, peer, accepted_at));
+            let prepared = Box::pin(prepare(shared.clone(), stream, peer, accepted_at, false));
             let next = prepared.await;
             let live = Box::pin(run_next(shared, next));
             live.await;
@@ -288,7 +288,20 @@ async fn handle_tls(
             return tracing::debug!(%peer, "TLS handshake timed out");
         }
     };
-    let prepared = Box::pin(prepare(shared.clone(), tls_stream, peer, accepted_at));
+    // A certificate was presented and verified against tls.client_ca (the
+    // verifier refuses the handshake for one that does not chain to it).
+    let client_cert = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|c| !c.is_empty());
+    let prepared = Box::pin(prepare(
+        shared.clone(),
+        tls_stream,
+        peer,
+        accepted_at,
+        client_cert,
+    ));
     let next = prepared.await;
     let live = Box::pin(run_next(shared, next));
     live.await;
@@ -300,8 +313,8 @@ enum Next<S> {
     Ws(WebSocketStream<Prefixed<S>>, ConnMeta, ConnSlot),
     /// A `/echo` connection.
     Echo(WebSocketStream<Prefixed<S>>, ConnSlot),
-    /// Plain HTTP, served by hyper.
-    Http(Prefixed<S>, SocketAddr),
+    /// Plain HTTP, served by hyper (peer, verified client certificate).
+    Http(Prefixed<S>, SocketAddr, bool),
     /// Already answered (refused) or failed.
     Done,
 }
@@ -314,7 +327,7 @@ where
     let live: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match next {
         Next::Ws(ws, meta, slot) => Box::pin(serve_ws(shared, ws, meta, slot)),
         Next::Echo(ws, slot) => Box::pin(serve_echo(ws, slot)),
-        Next::Http(io, peer) => Box::pin(serve_http(shared, io, peer)),
+        Next::Http(io, peer, cert) => Box::pin(serve_http(shared, io, peer, cert)),
         Next::Done => return,
     };
     live.await;
@@ -326,6 +339,7 @@ async fn prepare<S>(
     mut stream: S,
     peer: SocketAddr,
     accepted_at: Instant,
+    client_cert: bool,
 ) -> Next<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -366,7 +380,7 @@ where
         };
     let is_ws_path = head.path == "/ws" || head.path == "/echo";
     if !(head.is_upgrade && is_ws_path) {
-        return Next::Http(Prefixed::new(buf.freeze(), stream), peer);
+        return Next::Http(Prefixed::new(buf.freeze(), stream), peer, client_cert);
     }
     let reject = |status: u16, reason: &'static str, code: &'static str, message: String| {
         (status, reason, code, message)
@@ -550,6 +564,7 @@ where
             user_agent: head.user_agent,
             admin,
             identity,
+            client_cert,
         };
         Next::Ws(ws, meta, slot)
     }
@@ -563,13 +578,14 @@ pub(crate) fn ws_builder(config: &Config) -> ServerBuilder {
         .config(WsConfig::default().flush_threshold(512 * 1024))
 }
 
-async fn serve_http<S>(shared: Arc<Shared>, io: Prefixed<S>, peer: SocketAddr)
+async fn serve_http<S>(shared: Arc<Shared>, io: Prefixed<S>, peer: SocketAddr, client_cert: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut phase = shared.phase.subscribe();
     let svc_shared = shared.clone();
-    let service = service_fn(move |req| crate::http::route(svc_shared.clone(), peer, req));
+    let service =
+        service_fn(move |req| crate::http::route(svc_shared.clone(), peer, client_cert, req));
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .header_read_timeout(shared.config.server.handshake_timeout)

@@ -70,17 +70,44 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// Verifies client certificates against the CAs in `ca`; clients without one pass.
+fn client_verifier(
+    provider: &Arc<CryptoProvider>,
+    ca: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, StartError> {
+    let err =
+        |e: &dyn std::fmt::Display| StartError::Tls(format!("tls.client_ca {}: {e}", ca.display()));
+    let certs = rustls_pemfile::certs(&mut BufReader::new(File::open(ca).map_err(|e| err(&e))?))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| err(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(err(&"no CA certificate in the file"));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| err(&e))
+}
+
 impl Tls {
     /// Loads the pair and builds the acceptor: TLS 1.2 and 1.3 with rustls'
-    /// safe default cipher suites, ALPN `http/1.1`.
-    pub fn new(cert: &Path, key: &Path) -> Result<Tls, StartError> {
+    /// safe default cipher suites, ALPN `http/1.1`. With `client_ca`, clients
+    /// are asked for a certificate (optional) that must chain to it.
+    pub fn new(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Tls, StartError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let current = Arc::new(Current(RwLock::new(Arc::new(load(&provider, cert, key)?))));
-        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| StartError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(current.clone());
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => builder.with_client_cert_verifier(client_verifier(&provider, ca)?),
+        };
+        let mut config = builder.with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(config)),

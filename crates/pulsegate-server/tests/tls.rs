@@ -248,3 +248,160 @@ async fn sighup_reload_serves_the_new_certificate_and_keeps_open_connections() {
         .expect("send");
     assert_eq!(next_json(&mut open).await["op"], "pong");
 }
+
+/// A CA and a client certificate it signed, for mTLS publishers.
+struct ClientPki {
+    _dir: tempfile::TempDir,
+    ca_path: PathBuf,
+    client_cert: CertificateDer<'static>,
+    client_key: Vec<u8>,
+}
+
+fn client_pki() -> ClientPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["publisher-1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    ClientPki {
+        _dir: dir,
+        ca_path,
+        client_cert: cert.der().clone(),
+        client_key: key.serialize_der(),
+    }
+}
+
+/// Trusts `server`; presents `client` (certificate, PKCS#8 key) when given.
+fn mtls_config(
+    server: &CertificateDer<'static>,
+    client: Option<(&CertificateDer<'static>, &[u8])>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    Arc::new(match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![cert.clone()],
+                rustls::pki_types::PrivatePkcs8KeyDer::from(key.to_vec()).into(),
+            )
+            .unwrap(),
+    })
+}
+
+/// `POST /api/publish/{topic}` over TLS with `config`; the HTTP status, or
+/// `None` if the TLS handshake failed.
+async fn https_publish(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    topic: &str,
+) -> Option<u16> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap().to_owned();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let req = format!(
+        "POST /api/publish/{topic} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\n1"
+    );
+    tls.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(STEP_TIMEOUT, tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+}
+
+#[tokio::test]
+async fn mtls_publishers_need_a_client_certificate_subscribers_do_not() {
+    let server_cert = self_signed();
+    let pki = client_pki();
+    let server = TestServer::start_with(|c| {
+        c.tls.cert = Some(server_cert.cert_path.clone());
+        c.tls.key = Some(server_cert.key_path.clone());
+        c.tls.client_ca = Some(pki.ca_path.clone());
+        c.tls.require_client_cert_for_publish = true;
+    })
+    .await;
+    let with_cert = mtls_config(
+        &server_cert.cert_der,
+        Some((&pki.client_cert, &pki.client_key)),
+    );
+    let without = mtls_config(&server_cert.cert_der, None);
+
+    assert_eq!(
+        https_publish(server.addr, with_cert.clone(), "m/a").await,
+        Some(200)
+    );
+    assert_eq!(
+        https_publish(server.addr, without.clone(), "m/a").await,
+        Some(403)
+    );
+    // A certificate from another CA fails the handshake itself.
+    let stranger = client_pki();
+    let foreign = mtls_config(
+        &server_cert.cert_der,
+        Some((&stranger.client_cert, &stranger.client_key)),
+    );
+    assert_eq!(https_publish(server.addr, foreign, "m/a").await, None);
+
+    let url = format!("wss://{}/ws", server.addr);
+    let connect = |config: Arc<rustls::ClientConfig>| {
+        let url = url.clone();
+        async move {
+            let connector = Connector::Rustls(tokio_rustls::TlsConnector::from(config));
+            let (mut ws, _) = ClientBuilder::new()
+                .uri(&url)
+                .unwrap()
+                .connector(&connector)
+                .connect()
+                .await
+                .expect("wss upgrade");
+            assert_eq!(next_json(&mut ws).await["op"], "welcome");
+            ws
+        }
+    };
+    let mut subscriber = connect(without.clone()).await;
+    subscriber
+        .send(Message::text(
+            json!({"op": "sub", "id": 1, "topic": "m/#"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut subscriber).await["op"], "ok");
+    subscriber
+        .send(Message::text(
+            json!({"op": "pub", "id": 2, "topic": "m/b", "data": 1}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut subscriber).await["code"], "forbidden");
+    let mut publisher = connect(with_cert).await;
+    publisher
+        .send(Message::text(
+            json!({"op": "pub", "id": 3, "topic": "m/b", "data": 2}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut publisher).await["op"], "ok");
+    let m = next_json(&mut subscriber).await;
+    assert_eq!(
+        (m["topic"].clone(), m["data"].clone()),
+        (json!("m/b"), json!(2))
+    );
+}
