@@ -50,6 +50,7 @@ pub const KEYS: &[&str] = &[
     "server.node_name",
     "server.write_timeout",
     "server.trusted_proxies",
+    "server.first_frame_timeout",
     "limits.max_connections",
     "limits.max_connections_per_ip",
     "limits.max_message_bytes",
@@ -311,6 +312,13 @@ pub struct ServerConfig {
     /// ignored. Default: empty (never believed).
     #[serde(deserialize_with = "list_or_comma_string")]
     pub trusted_proxies: Vec<String>,
+    /// A WebSocket connection that sends no frame at all (not even a pong)
+    /// within this time of its upgrade is closed with 1008: it holds a slot
+    /// and does nothing (slowloris after the handshake). `0s` turns the check
+    /// off. Default `30s` (above the default ping interval, so any live
+    /// client has answered a ping by then).
+    #[serde(with = "humantime_serde")]
+    pub first_frame_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -323,6 +331,7 @@ impl Default for ServerConfig {
             node_name: None,
             write_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            first_frame_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -962,6 +971,11 @@ impl Config {
             "trusted_proxies",
             &format!("[{}]", proxies.join(", ")),
         );
+        line(
+            &mut out,
+            "first_frame_timeout",
+            &toml_duration(s.first_frame_timeout),
+        );
 
         let l = &self.limits;
         out.push_str("\n[limits]\n");
@@ -1596,7 +1610,7 @@ mod tests {
         assert!(
             msg.ends_with(
                 "known keys in [server]: listen, allowed_origins, drain_period, \
-                 handshake_timeout, node_name, write_timeout, trusted_proxies; did you mean `server.listen`?"
+                 handshake_timeout, node_name, write_timeout, trusted_proxies, first_frame_timeout; did you mean `server.listen`?"
             ),
             "{msg}"
         );

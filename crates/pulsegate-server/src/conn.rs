@@ -124,6 +124,8 @@ struct Conn<S> {
     pub_buckets: Option<Box<crate::ratelimit::PublishBuckets>>,
     /// Verified TLS client certificate (mTLS publishers).
     client_cert: bool,
+    /// Until the first frame arrives: when the connection is closed as silent.
+    silent_deadline: Option<Instant>,
 }
 
 /// Runs a `/ws` connection until it closes.
@@ -167,6 +169,7 @@ pub async fn serve_ws<S>(
         auth_changed: false,
         pub_buckets: None,
         client_cert: meta.client_cert,
+        silent_deadline: None,
         outbox,
         shared,
     };
@@ -181,6 +184,8 @@ pub async fn serve_ws<S>(
         };
     }
     conn.identity = meta.identity;
+    let first = conn.shared.config.server.first_frame_timeout;
+    conn.silent_deadline = (!first.is_zero()).then(|| Instant::now() + first);
     let hb = conn.shared.config.heartbeat.clone();
     conn.outbox.push_reply(
         conn.codec.encode(&ServerFrame::Welcome {
@@ -290,12 +295,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                              beat: &Heartbeat,
                              drain: Option<Instant>,
                              idle: Instant,
-                             auth: Option<Instant>| {
-            [Some(next_ping), beat.pong_deadline, drain, Some(idle), auth]
-                .into_iter()
-                .flatten()
-                .min()
-                .expect("next_ping is always set")
+                             auth: Option<Instant>,
+                             silent: Option<Instant>| {
+            [
+                Some(next_ping),
+                beat.pong_deadline,
+                drain,
+                Some(idle),
+                auth,
+                silent,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("next_ping is always set")
         };
         let timer = tokio::time::sleep_until(next_deadline(
             next_ping,
@@ -303,6 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             drain_at,
             idle_check,
             self.auth_deadline,
+            self.silent_deadline,
         ));
         tokio::pin!(timer);
         let mut outbox_signaled = false;
@@ -315,6 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     drain_at,
                     idle_check,
                     self.auth_deadline,
+                    self.silent_deadline,
                 ));
             }
             if outbox_signaled {
@@ -333,6 +348,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                             drain_at,
                             idle_check,
                             self.auth_deadline,
+                            self.silent_deadline,
                         ));
                     }
                     _ => {}
@@ -390,6 +406,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                             format!("draining; reconnect_after_ms={hint}"),
                         );
                     }
+                    if self.silent_deadline.is_some_and(|d| d <= now) {
+                        return End::Close(
+                            close_code::POLICY_VIOLATION,
+                            "no frame within server.first_frame_timeout".into(),
+                        );
+                    }
                     if self.auth_deadline.is_some_and(|d| d <= now) {
                         return if self.identity.is_some() {
                             End::Close(
@@ -424,7 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         hibernate = last_activity + HIBERNATE_AFTER <= now;
                         idle_check = now.max(last_activity) + HIBERNATE_AFTER;
                     }
-                    timer.as_mut().reset(next_deadline(next_ping, &beat, drain_at, idle_check, self.auth_deadline));
+                    timer.as_mut().reset(next_deadline(next_ping, &beat, drain_at, idle_check, self.auth_deadline, self.silent_deadline));
                 }
                 frame = ws.next() => {
                     last_activity = Instant::now();
@@ -449,6 +471,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             Some(Ok(msg)) => msg,
         };
         let len = msg.as_payload().len() as u64;
+        // The first frame ends the silent-connection check (the timer may
+        // still fire at the old deadline and then finds nothing due).
+        self.silent_deadline = None;
         self.info.messages_in.fetch_add(1, Relaxed);
         self.info.bytes_in.fetch_add(len, Relaxed);
         if !(msg.is_text() || msg.is_binary()) {

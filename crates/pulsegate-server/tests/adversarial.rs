@@ -341,3 +341,28 @@ async fn forwarded_addresses_count_only_behind_trusted_proxies() {
         .collect();
     assert_eq!(ips, ["203.0.113.1", "203.0.113.2"], "{list}");
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_frame_is_closed() {
+    let server =
+        TestServer::start_with(|c| c.server.first_frame_timeout = Duration::from_millis(400)).await;
+    let (mut silent, _) = WsClient::connect(&server.ws_url()).await;
+    let (mut talker, _) = WsClient::connect(&server.ws_url()).await;
+    let r = talker.request(json!({"op": "ping", "id": 1})).await;
+    assert_eq!(r["op"], "pong");
+    let close = silent.recv_close(Duration::from_secs(3)).await;
+    assert_eq!(
+        close,
+        Some((
+            1008,
+            "no frame within server.first_frame_timeout".to_string()
+        ))
+    );
+    // One frame was enough: the other connection stays.
+    assert!(talker
+        .try_recv_json(Duration::from_millis(600))
+        .await
+        .is_none());
+    let r = talker.request(json!({"op": "ping", "id": 2})).await;
+    assert_eq!(r["op"], "pong");
+}
