@@ -179,8 +179,16 @@ impl ClientOptions {
 
     /// The TLS connector for `wss://` URLs.
     pub(crate) fn tls_connector(&self) -> Result<Connector, ClientError> {
+        Ok(Connector::Rustls(self.rustls_client_config()?.into()))
+    }
+
+    /// The rustls configuration used for `wss://`: the one given with
+    /// [`ClientOptions::tls_config`], else the webpki roots plus added CAs
+    /// with the aws-lc-rs provider. Public for tools that drive the TLS
+    /// handshake themselves and time it (`pulsegate probe`).
+    pub fn rustls_client_config(&self) -> Result<Arc<rustls::ClientConfig>, ClientError> {
         if let Some(config) = &self.tls_config {
-            return Ok(Connector::Rustls(config.clone().into()));
+            return Ok(config.clone());
         }
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -195,7 +203,7 @@ impl ClientOptions {
             .map_err(|e| ClientError::Tls(format!("TLS protocol versions: {e}")))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Connector::Rustls(Arc::new(config).into()))
+        Ok(Arc::new(config))
     }
 }
 

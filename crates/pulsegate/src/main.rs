@@ -1,5 +1,5 @@
 //! The `pulsegate` binary: parses arguments and calls library code.
-//! Subcommands: `serve`, `check-config`, `pub`, `sub`, `bench`.
+//! Subcommands: `serve`, `check-config`, `pub`, `sub`, `bench`, `probe`, `doctor`.
 
 use std::path::PathBuf;
 
@@ -44,6 +44,10 @@ enum Command {
     /// Load generator: fan-out lag, idle memory, throughput, churn.
     #[command(subcommand)]
     Bench(pulsegate_bench::BenchCommand),
+    /// Where is the lag? Time DNS, TCP, TLS, upgrade, pings and pub→sub to a server.
+    Probe(cmd::probe::ProbeArgs),
+    /// Is this host ready? Check file limits, kernel settings and memory against the config.
+    Doctor(cmd::doctor::DoctorArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +92,8 @@ fn main() -> anyhow::Result<()> {
             Command::Pub(args) => cmd::pubsub::run_pub(args).await,
             Command::Sub(args) => cmd::pubsub::run_sub(args).await,
             Command::Bench(b) => pulsegate_bench::run(b).await,
+            Command::Probe(args) => cmd::probe::run(args).await,
+            Command::Doctor(args) => cmd::doctor::run(args),
         }
     })
 }

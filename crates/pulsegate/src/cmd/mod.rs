@@ -1,1 +1,3 @@
+pub mod doctor;
+pub mod probe;
 pub mod pubsub;
