@@ -1,0 +1,11 @@
+//! Client frames in the JSON subprotocol (`pulsegate.v1.json`): what the
+//! server decodes from every text frame. Never panics; a decoded frame
+//! survives `encode_client` + `decode`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pulsegate_proto::Codec;
+
+fuzz_target!(|data: &[u8]| {
+    pulsegate_fuzz::check_client_frame(Codec::Json, data);
+});
