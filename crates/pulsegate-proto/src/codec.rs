@@ -80,6 +80,17 @@ fn present<'de, D: Deserialize<'de>, De: serde::Deserializer<'de>>(
     D::deserialize(d).map(Some)
 }
 
+/// Refuses JSON that is well-formed text but cannot be represented as a
+/// value (numbers out of `f64` range such as `1e400`, lone UTF-16
+/// surrogates): kept as raw text it would be stored, then become `null` for
+/// MessagePack subscribers and undecodable for typed clients, i.e. lost
+/// silently. Costs one parse per published message, none per subscriber.
+pub fn check_payload(json: &str) -> Result<(), String> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .map(|_| ())
+        .map_err(|e| format!("payload not representable: {e}"))
+}
+
 /// A frame must be a JSON object / MessagePack map; serde would otherwise
 /// also accept an array of fields by position.
 fn is_map(codec: Codec, bytes: &[u8]) -> bool {
@@ -153,7 +164,10 @@ impl Codec {
                         bytes_id_json(bytes),
                     )
                 })?;
-                from_wire(wire, |raw| Ok(Bytes::copy_from_slice(raw.get().as_bytes())))
+                from_wire(wire, |raw| {
+                    check_payload(raw.get())?;
+                    Ok(Bytes::copy_from_slice(raw.get().as_bytes()))
+                })
             }
             Codec::MsgPack => {
                 let wire: Wire<serde_json::Value> = rmp_serde::from_slice(bytes)
@@ -452,6 +466,13 @@ mod tests {
         assert_eq!(e.id, Some(Id::Num(3)));
         let e = Codec::Json.decode(br#"[1,2]"#).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
+        // Valid JSON text that no subscriber could receive as a value.
+        for data in ["1e400", "-1e999", r#""\ud800""#] {
+            let frame = format!(r#"{{"op":"pub","id":4,"topic":"a","data":{data}}}"#);
+            let e = Codec::Json.decode(frame.as_bytes()).unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::BadRequest, "{data}");
+            assert!(e.message.contains("not representable"), "{}", e.message);
+        }
         let e = Codec::Json.decode(br#"["ping",7]"#).unwrap_err();
         assert_eq!(e.kind, DecodeErrorKind::BadEncoding);
         let e = Codec::MsgPack

@@ -528,7 +528,10 @@ async fn publish_one_inner(
         Err(r) => return r,
     };
     let data = match serde_json::from_slice::<&RawValue>(&body) {
-        Ok(raw) => Bytes::copy_from_slice(raw.get().as_bytes()),
+        Ok(raw) => match pulsegate_proto::codec::check_payload(raw.get()) {
+            Ok(()) => Bytes::copy_from_slice(raw.get().as_bytes()),
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", e),
+        },
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -618,6 +621,13 @@ async fn publish_batch_inner(shared: &Shared, caller: &Caller, req: Request<Inco
     // All-or-nothing validation: nothing is published if any item is invalid.
     let max = shared.config.limits.max_topic_length;
     for (i, item) in items.iter().enumerate() {
+        if let Err(e) = pulsegate_proto::codec::check_payload(item.data.get()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("item {i}: {e}"),
+            );
+        }
         if let Err(e) = validate_topic(&item.topic, max) {
             return error(
                 StatusCode::BAD_REQUEST,

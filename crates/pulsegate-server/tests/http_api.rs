@@ -347,3 +347,19 @@ async fn beyond_max_topics_a_new_topic_is_refused_and_existing_ones_keep_working
     let (status, stamp) = post_json(server.addr, "/api/publish/a", "2").await;
     assert_eq!((status, stamp["seq"].as_u64()), (200, Some(2)), "{stamp}");
 }
+
+#[tokio::test]
+async fn payloads_no_subscriber_could_decode_are_refused() {
+    let server = TestServer::start().await;
+    let (status, body) = post_json(server.addr, "/api/publish/a", "1e400").await;
+    assert_eq!(error_code(&(status, body)), (400, "bad_json"));
+    let batch = r#"[{"topic":"a","data":1},{"topic":"b","data":"\ud800"}]"#;
+    let (status, body) = post_json(server.addr, "/api/publish", batch).await;
+    assert_eq!(
+        error_code(&(status, body.clone())),
+        (400, "bad_json"),
+        "{body}"
+    );
+    let (_, stats) = get_json(server.addr, "/api/stats").await;
+    assert_eq!(stats["published"], 0, "{stats}");
+}

@@ -323,11 +323,13 @@ async fn admin_api_lists_connections_and_topics_and_closes_a_connection() {
     assert_eq!(page2["next_offset"], Value::Null, "{page2}");
     assert_ne!(page2["connections"][0]["id"], id.as_str());
 
-    // Topic rates are computed by the sampler; the topic is listed at once.
+    // Topic rates come from the sampler (once a second): wait for a pass
+    // that saw all three messages.
     let topics = wait_for(&server, "/api/topics", |t| {
-        t["topics"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x["topic"] == "plant/1/temp"))
+        t["topics"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| x["topic"] == "plant/1/temp" && x["seq"] == 3)
+        })
     })
     .await;
     let t = topics["topics"]
