@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pulsegate_core::{Hub, HubConfig, MemoryBackplane, Outbox, OutboxLimits, SlowConsumerPolicy};
+use pulsegate_core::{Hub, HubConfig, Outbox, OutboxLimits, SlowConsumerPolicy};
 use pulsegate_proto::{Codec, Pattern};
 
 fn publish_fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish_fanout");
     let payload = Bytes::from(format!("{{\"w\":1520,\"pad\":\"{}\"}}", "x".repeat(40)));
     for &n in &[1usize, 100, 1000, 10_000] {
-        let hub = Hub::new(HubConfig::default(), Arc::new(MemoryBackplane));
+        let hub = Hub::new(HubConfig::default());
         let pattern = Pattern::parse("site/a/power", 256).unwrap();
         let outboxes: Vec<Arc<Outbox>> = (0..n as u64)
             .map(|id| {

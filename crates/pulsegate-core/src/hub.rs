@@ -23,7 +23,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use pulsegate_proto::{Pattern, Position};
 
-use crate::backplane::{Backplane, BackplaneError};
+use crate::backplane::BackplaneError;
 use crate::message::{now_micros, Message};
 use crate::outbox::Outbox;
 use crate::stats::HubStats;
@@ -58,6 +58,34 @@ pub enum HubError {
     /// The backplane is down; nothing was published.
     #[error(transparent)]
     Backplane(#[from] BackplaneError),
+}
+
+/// What [`Hub::ingest`] does with a message that is not the next of its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnGap {
+    /// Leave the hub unchanged and report the gap (the caller reads the
+    /// missing messages from the backplane and ingests them first).
+    Report,
+    /// Drop the local history and continue from this message.
+    Reset,
+    /// Leave the hub unchanged (also for unknown topics, which are not created).
+    Skip,
+}
+
+/// What [`Hub::ingest`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Retained and fanned out.
+    Applied,
+    /// Already held (same epoch, seq not above the last).
+    Duplicate,
+    /// Not applied: messages after `last` are missing first.
+    Gap {
+        /// The last seq the hub holds in the message's epoch (0 if none).
+        last: u64,
+    },
+    /// Not applied (`OnGap::Skip`).
+    Skipped,
 }
 
 /// What a subscribe did.
@@ -129,7 +157,6 @@ pub struct Hub {
     state: RwLock<State>,
     config: HubConfig,
     stats: HubStats,
-    backplane: Arc<dyn Backplane>,
     epoch_base: u32,
     epoch_counter: AtomicU64,
     subscriptions: AtomicUsize,
@@ -139,21 +166,17 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub")
-            .field("backplane", &self.backplane.name())
-            .field("config", &self.config)
-            .finish()
+        f.debug_struct("Hub").field("config", &self.config).finish()
     }
 }
 
 impl Hub {
     /// A hub with the given bounds and backplane.
-    pub fn new(config: HubConfig, backplane: Arc<dyn Backplane>) -> Hub {
+    pub fn new(config: HubConfig) -> Hub {
         Hub {
             state: RwLock::new(State::default()),
             config,
             stats: HubStats::default(),
-            backplane,
             epoch_base: fastrand::u32(..),
             epoch_counter: AtomicU64::new(0),
             subscriptions: AtomicUsize::new(0),
@@ -167,11 +190,6 @@ impl Hub {
         &self.stats
     }
 
-    /// The backplane.
-    pub fn backplane(&self) -> &Arc<dyn Backplane> {
-        &self.backplane
-    }
-
     fn new_epoch(&self) -> Arc<str> {
         let n = self.epoch_counter.fetch_add(1, Relaxed);
         format!("{:08x}{:x}", self.epoch_base, n).into()
@@ -183,12 +201,6 @@ impl Hub {
     /// allocation for the message, then per subscriber one queue mutex and a
     /// `Bytes` clone.
     pub fn publish(&self, topic: &str, data: Bytes) -> Result<Arc<Message>, HubError> {
-        if !self.backplane.is_up() {
-            return Err(HubError::Backplane(BackplaneError::Down(format!(
-                "{} backplane unavailable",
-                self.backplane.name()
-            ))));
-        }
         let state = self.state.read();
         let found = state.topics.get(topic).cloned();
         let (state, topic) = match found {
@@ -217,8 +229,100 @@ impl Hub {
         drop(inner);
         drop(state);
         self.stats.published.fetch_add(1, Relaxed);
-        self.backplane.forward(&msg)?;
         Ok(msg)
+    }
+
+    /// Applies a message stamped elsewhere (by the cluster backplane) to
+    /// this hub, keeping each topic's local log a gap-free copy of the
+    /// backplane's: a message already seen is dropped as a duplicate, the
+    /// next one is retained and fanned out like a local publish, and one
+    /// that leaves a hole is handled by `on_gap`. A different epoch means
+    /// the backplane started the topic's log over: the local history is
+    /// dropped and the new epoch counts from zero. A topic this hub has
+    /// never seen starts at whatever seq arrives first.
+    pub fn ingest(&self, msg: &Arc<Message>, on_gap: OnGap) -> Result<Ingested, HubError> {
+        let state = self.state.read();
+        let found = state.topics.get(&*msg.topic).cloned();
+        let (state, topic) = match found {
+            Some(t) => (state, t),
+            None if on_gap == OnGap::Skip => return Ok(Ingested::Skipped),
+            None => {
+                drop(state);
+                let mut w = self.state.write();
+                let t = self.topic_or_create(&mut w, &msg.topic)?;
+                (RwLockWriteGuard::downgrade(w), t)
+            }
+        };
+        let mut inner = topic.inner.lock();
+        let fresh = inner.seq == 0 && inner.last.is_none();
+        let same_epoch = *inner.epoch == *msg.epoch;
+        let last = if same_epoch { inner.seq } else { 0 };
+        if !fresh && msg.seq <= last {
+            return Ok(Ingested::Duplicate);
+        }
+        if !fresh && msg.seq != last + 1 {
+            match on_gap {
+                OnGap::Report => return Ok(Ingested::Gap { last }),
+                OnGap::Skip => return Ok(Ingested::Skipped),
+                OnGap::Reset => {}
+            }
+        }
+        if !same_epoch || (!fresh && msg.seq != last + 1) {
+            self.clear_history(&mut inner);
+        }
+        inner.epoch = msg.epoch.clone();
+        inner.seq = msg.seq;
+        self.retain(&mut inner, msg, now_micros());
+        for sub in inner.subscribers.values() {
+            sub.outbox.push_msg(msg, &self.stats);
+        }
+        drop(inner);
+        drop(state);
+        self.stats.published.fetch_add(1, Relaxed);
+        Ok(Ingested::Applied)
+    }
+
+    /// Forgets what this hub holds of `topic` (the backplane has no log for
+    /// it): recovery from the old position then fails, as it must, and the
+    /// next ingested message starts the topic afresh.
+    pub fn invalidate(&self, topic: &str) {
+        let state = self.state.read();
+        if let Some(t) = state.topics.get(topic) {
+            let mut inner = t.inner.lock();
+            self.clear_history(&mut inner);
+            inner.last = None;
+            inner.seq = 0;
+            inner.epoch = self.new_epoch();
+        }
+    }
+
+    /// `(epoch, last seq)` of a topic this hub knows.
+    pub fn position(&self, topic: &str) -> Option<(Arc<str>, u64)> {
+        let state = self.state.read();
+        let t = state.topics.get(topic)?;
+        let inner = t.inner.lock();
+        Some((inner.epoch.clone(), inner.seq))
+    }
+
+    /// Topics with at least one local subscriber, with `(epoch, last seq)`.
+    pub fn subscribed_positions(&self) -> Vec<(Arc<str>, Arc<str>, u64)> {
+        let state = self.state.read();
+        state
+            .topics
+            .values()
+            .filter_map(|t| {
+                let inner = t.inner.lock();
+                (!inner.subscribers.is_empty())
+                    .then(|| (t.name.clone(), inner.epoch.clone(), inner.seq))
+            })
+            .collect()
+    }
+
+    fn clear_history(&self, inner: &mut TopicInner) {
+        for old in inner.history.drain(..) {
+            self.retained_messages.fetch_sub(1, Relaxed);
+            self.retained_bytes.fetch_sub(old.data.len(), Relaxed);
+        }
     }
 
     fn retain(&self, inner: &mut TopicInner, msg: &Arc<Message>, now: u64) {

@@ -5,17 +5,22 @@
 //! - [`message`]: a stamped message, encoded once per codec and shared.
 //! - [`outbox`]: one connection's bounded outbound queue and its slow-consumer policy.
 //! - [`hub`]: topic index, per-topic history and last value, subscribe/recover/publish.
-//! - [`backplane`]: the seam to other nodes; [`backplane::MemoryBackplane`] is the single-node default.
+//! - [`backplane`]: the seam to other nodes: the [`Backplane`] trait and [`MemoryBackplane`], its in-process reference implementation.
+//! - [`cluster`]: a node's hub kept in step with the backplane's topic logs.
 #![warn(missing_docs)]
 
 pub mod backplane;
+pub mod cluster;
 pub mod hub;
 pub mod message;
 pub mod outbox;
 pub mod stats;
 
-pub use backplane::{Backplane, BackplaneError, MemoryBackplane};
-pub use hub::{Hub, HubConfig, HubError, SubscribeOutcome, TopicInfo};
+pub use backplane::{
+    redact_url, Backplane, BackplaneError, BackplaneStats, Incoming, Log, MemoryBackplane, Stamp,
+};
+pub use cluster::{Cluster, ClusterStats, LagObserver};
+pub use hub::{Hub, HubConfig, HubError, Ingested, OnGap, SubscribeOutcome, TopicInfo};
 pub use message::{now_micros, Message};
 pub use outbox::{
     CloseReason, Control, Outbox, OutboxLimits, Outgoing, PushOutcome, SlowConsumerPolicy,

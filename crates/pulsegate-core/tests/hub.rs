@@ -5,20 +5,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use pulsegate_core::{
-    DropReason, Hub, HubConfig, MemoryBackplane, Outbox, OutboxLimits, SlowConsumerPolicy,
-};
+use pulsegate_core::{DropReason, Hub, HubConfig, Outbox, OutboxLimits, SlowConsumerPolicy};
 use pulsegate_proto::{Codec, Pattern, Position, ServerFrame};
 
 fn hub(max_history: usize) -> Hub {
-    Hub::new(
-        HubConfig {
-            max_history_messages: max_history,
-            max_history_age: Duration::from_secs(60),
-            max_topics: 1000,
-        },
-        Arc::new(MemoryBackplane),
-    )
+    Hub::new(HubConfig {
+        max_history_messages: max_history,
+        max_history_age: Duration::from_secs(60),
+        max_topics: 1000,
+    })
 }
 
 fn outbox(id: u64, max: usize, policy: SlowConsumerPolicy) -> Arc<Outbox> {
@@ -307,13 +302,10 @@ fn conflation_shows_seq_jump() {
 
 #[test]
 fn too_many_topics_is_an_error() {
-    let h = Hub::new(
-        HubConfig {
-            max_topics: 2,
-            ..HubConfig::default()
-        },
-        Arc::new(MemoryBackplane),
-    );
+    let h = Hub::new(HubConfig {
+        max_topics: 2,
+        ..HubConfig::default()
+    });
     publish(&h, "a", 1);
     publish(&h, "b", 1);
     assert!(h.publish("c", Bytes::from_static(b"1")).is_err());
@@ -322,13 +314,10 @@ fn too_many_topics_is_an_error() {
 
 #[test]
 fn sweep_forgets_idle_topics_and_new_epoch_follows() {
-    let h = Hub::new(
-        HubConfig {
-            max_history_age: Duration::from_millis(1),
-            ..HubConfig::default()
-        },
-        Arc::new(MemoryBackplane),
-    );
+    let h = Hub::new(HubConfig {
+        max_history_age: Duration::from_millis(1),
+        ..HubConfig::default()
+    });
     let m = publish(&h, "gone", 1);
     std::thread::sleep(Duration::from_millis(5));
     assert_eq!(h.sweep(), 1);

@@ -2,6 +2,8 @@
 //! runtime, a small WebSocket client that speaks raw frames, and a minimal
 //! HTTP/1.1 client. Used by the integration tests of every crate.
 
+pub mod services;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
