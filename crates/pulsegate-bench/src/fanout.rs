@@ -53,6 +53,12 @@ pub struct FanoutArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
 
+    /// Subscribers connect here instead of --url, round-robin (repeat the
+    /// flag for several nodes of a cluster; publishers stay on --url), to
+    /// measure cross-node delivery through the backplane.
+    #[arg(long = "sub-url")]
+    pub sub_urls: Vec<String>,
+
     /// After publishing stops, how long to wait for deliveries still in flight.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
@@ -150,6 +156,10 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         .or_else(|| default_metrics_url(&target.url))
         .unwrap_or_default();
     let probe = ServerProbe::detect(c.server_pid, &metrics_url).await;
+    let mut sub_targets = Vec::new();
+    for u in &args.sub_urls {
+        sub_targets.push(Arc::new(Target::resolve(u).await?));
+    }
     let plan = Plan {
         proto: c.proto,
         subscribers: args.subscribers,
@@ -163,6 +173,7 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         concurrency: c.concurrency as usize,
         connect_timeout: c.connect_timeout,
         quiet: c.quiet,
+        sub_targets,
     };
     let o = pubsub::run(target, plan, probe).await?;
     let received = o.delivery.deliveries_received;

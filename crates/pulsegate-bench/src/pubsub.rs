@@ -82,6 +82,10 @@ pub(crate) struct Plan {
     pub concurrency: usize,
     pub connect_timeout: Duration,
     pub quiet: bool,
+    /// Where subscriber `i` connects: `sub_targets[i % len]`; empty means
+    /// the publishers' target (one node). Several nodes of a cluster make
+    /// every delivery cross the backplane.
+    pub sub_targets: Vec<Arc<Target>>,
 }
 
 /// Delivery correctness, shared by the fanout and throughput reports.
@@ -274,10 +278,14 @@ pub(crate) async fn run(
     let sem = Arc::new(Semaphore::new(plan.concurrency.max(1)));
     let mut subs = JoinSet::new();
     for idx in 0..plan.subscribers {
+        let sub_target = match plan.sub_targets.len() {
+            0 => Arc::clone(&target),
+            n => Arc::clone(&plan.sub_targets[idx % n]),
+        };
         subs.spawn(subscriber(
             idx,
             idx % topics,
-            Arc::clone(&target),
+            sub_target,
             Arc::clone(&plan),
             Arc::clone(&topic_names),
             Arc::clone(&shared),

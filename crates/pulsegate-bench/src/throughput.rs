@@ -159,6 +159,7 @@ pub async fn throughput(args: &ThroughputArgs) -> anyhow::Result<ThroughputRepor
         concurrency: c.concurrency as usize,
         connect_timeout: c.connect_timeout,
         quiet: c.quiet,
+        sub_targets: Vec::new(),
     };
     let o = pubsub::run(target, plan, probe).await?;
     let received = o.delivery.deliveries_received;

@@ -86,6 +86,12 @@ pub const KEYS: &[&str] = &[
     "auth.leeway",
     "auth.timeout",
     "auth.api_keys",
+    "cluster.backplane",
+    "cluster.node_name",
+    "cluster.nats_url",
+    "cluster.redis_url",
+    "cluster.prefix",
+    "cluster.max_bytes",
 ];
 
 /// Keys holding secrets: never printed, rendered as a comment by
@@ -122,6 +128,101 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Who may connect, subscribe and publish.
     pub auth: AuthConfig,
+    /// Several nodes sharing topic logs through NATS or Redis.
+    pub cluster: ClusterConfig,
+}
+
+/// Which backplane joins this node to others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackplaneKind {
+    /// A single node: history in this process's memory.
+    #[default]
+    Memory,
+    /// NATS: JetStream keeps the logs, core subjects carry live messages.
+    Nats,
+    /// Redis: Streams keep the logs, pub/sub carries live messages.
+    Redis,
+}
+
+impl BackplaneKind {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackplaneKind::Memory => "memory",
+            BackplaneKind::Nats => "nats",
+            BackplaneKind::Redis => "redis",
+        }
+    }
+}
+
+/// A server URL that may carry credentials: `Debug` and `Display` show the
+/// password as `***` (see [`pulsegate_core::redact_url`]).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServerUrl(String);
+
+impl ServerUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> ServerUrl {
+        ServerUrl(url.into())
+    }
+
+    /// The URL with its credentials, for the client library only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", pulsegate_core::redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&pulsegate_core::redact_url(&self.0))
+    }
+}
+
+/// `[cluster]`: the backplane shared by the nodes of a cluster (docs/CLUSTER.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `"memory"` (default: one node, nothing external), `"nats"` or `"redis"`.
+    pub backplane: BackplaneKind,
+    /// This node's name in the backplane (stored with each message it
+    /// publishes). Default: `server.node_name`, else the host name.
+    pub node_name: Option<String>,
+    /// NATS server with JetStream, `nats://[user:password@]host:port`.
+    /// Default `nats://127.0.0.1:4222`.
+    pub nats_url: ServerUrl,
+    /// Redis server, `redis://[:password@]host:port[/db]`.
+    /// Default `redis://127.0.0.1:6379`.
+    pub redis_url: ServerUrl,
+    /// Namespace of everything pulsegate creates in the backplane: Redis key
+    /// and channel prefix, NATS subject prefix and (upper-cased) JetStream
+    /// stream name. Nodes of one cluster share it; two clusters on one
+    /// server use two. Letters, digits, `-` and `_`. Default `pulsegate`.
+    pub prefix: String,
+    /// NATS: most bytes the JetStream stream keeps over all topics (oldest
+    /// messages go first). Per topic, `history.max_messages` and
+    /// `history.max_age` apply to both backplanes. Default `1073741824` (1 GiB).
+    pub max_bytes: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            backplane: BackplaneKind::Memory,
+            node_name: None,
+            nats_url: ServerUrl::new("nats://127.0.0.1:4222"),
+            redis_url: ServerUrl::new("redis://127.0.0.1:6379"),
+            prefix: "pulsegate".into(),
+            max_bytes: 1 << 30,
+        }
+    }
 }
 
 /// How clients authenticate.
@@ -818,6 +919,8 @@ impl Config {
             }
         }
 
+        self.validate_cluster()?;
+
         if let Some(token) = &self.admin.token {
             if token.expose().chars().count() < 16 {
                 return Err(invalid(
@@ -870,6 +973,47 @@ impl Config {
     /// `[auth]` when authentication is on.
     pub fn auth_if_on(&self) -> Option<&AuthConfig> {
         (self.auth.mode == AuthMode::Jwt).then_some(&self.auth)
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.prefix.is_empty()
+            || !c
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                "cluster.prefix",
+                format!("must be letters, digits, `-` or `_`, got {:?}", c.prefix),
+            ));
+        }
+        if c.node_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(invalid(
+                "cluster.node_name",
+                "must not be empty; leave it unset to use server.node_name".into(),
+            ));
+        }
+        if c.max_bytes == 0 {
+            return Err(invalid("cluster.max_bytes", "must be > 0, got 0".into()));
+        }
+        for (key, url, scheme) in [
+            ("cluster.nats_url", &c.nats_url, "nats"),
+            ("cluster.redis_url", &c.redis_url, "redis"),
+        ] {
+            let u = url.expose();
+            let ok = u.split_once("://").is_some_and(|(s, rest)| {
+                (s == scheme || s == format!("{scheme}s") || s == "tls" && scheme == "nats")
+                    && !rest.is_empty()
+            });
+            if !ok {
+                return Err(invalid(
+                    key,
+                    format!("must look like {scheme}://host:port, got {url}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {
@@ -1099,6 +1243,20 @@ impl Config {
         line(&mut out, "leeway", &toml_duration(a.leeway));
         line(&mut out, "timeout", &toml_duration(a.timeout));
         let _ = writeln!(out, "# api_keys: {} set (not shown)", a.api_keys.len());
+
+        let c = &self.cluster;
+        out.push_str("\n[cluster]\n");
+        line(&mut out, "backplane", &toml_str(c.backplane.as_str()));
+        match &c.node_name {
+            Some(name) => line(&mut out, "node_name", &toml_str(name)),
+            None => {
+                out.push_str("# node_name is unset: server.node_name or the host name is used\n")
+            }
+        }
+        line(&mut out, "nats_url", &toml_str(&c.nats_url.to_string()));
+        line(&mut out, "redis_url", &toml_str(&c.redis_url.to_string()));
+        line(&mut out, "prefix", &toml_str(&c.prefix));
+        line(&mut out, "max_bytes", &c.max_bytes.to_string());
         out
     }
 }
@@ -1623,7 +1781,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown config section or key `listen` (in TOML text); known sections: \
-             server, limits, heartbeat, delivery, history, tls, admin, metrics, auth; did you mean `server.listen`?"
+             server, limits, heartbeat, delivery, history, tls, admin, metrics, auth, cluster; did you mean `server.listen`?"
         );
     }
 
@@ -1843,6 +2001,9 @@ mod tests {
         c.auth.audience = Some("dashboards".into());
         c.auth.issuer = Some("https://idp.example".into());
         c.auth.leeway = Duration::from_secs(5);
+        c.cluster.backplane = BackplaneKind::Redis;
+        c.cluster.node_name = Some("gw-1".into());
+        c.cluster.redis_url = ServerUrl::new("redis://10.0.0.5:6380/2");
 
         let text = c.to_toml_string();
         assert!(!text.contains("a-secret-token"), "{text}");

@@ -208,6 +208,11 @@ pub async fn serve_ws<S>(
         .close(CloseReason::Ended, conn.shared.hub.stats());
     conn.shared.unregister(id);
     conn.shared.hub.remove_connection(id, conn.subs.iter());
+    if let Some(c) = conn.shared.cluster.get() {
+        for p in &conn.subs {
+            c.release(p).await;
+        }
+    }
     let duration_ms = started.elapsed().as_millis() as u64;
     let m = &conn.shared.metrics;
     m.closed(code, initiator);
@@ -381,7 +386,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     Ok(false) => {}
                     Err(frame) => {
                         last_activity = Instant::now();
-                        if let Some(end) = self.on_frame(frame, &mut beat) {
+                        if let Some(end) = self.on_frame(frame, &mut beat).await {
                             return end;
                         }
                     }
@@ -450,7 +455,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 }
                 frame = ws.next() => {
                     last_activity = Instant::now();
-                    if let Some(end) = self.on_frame(frame, &mut beat) {
+                    if let Some(end) = self.on_frame(frame, &mut beat).await {
                         return end;
                     }
                 }
@@ -460,7 +465,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
     }
 
     /// Handles what the WebSocket stream yielded. Returns `Some` to end the connection.
-    fn on_frame(
+    async fn on_frame(
         &mut self,
         frame: Option<Result<Message, tokio_websockets::Error>>,
         beat: &mut Heartbeat,
@@ -493,7 +498,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         } else if let Some((code, _)) = msg.as_close() {
             Some(End::ClientClosed(Some(u16::from(code))))
         } else if msg.is_text() || msg.is_binary() {
-            self.handle_frame(&msg)
+            // Boxed: the handler awaits the backplane in a cluster, and its
+            // state must not grow every idle connection's future.
+            Box::pin(self.handle_frame(&msg)).await
         } else {
             None
         }
@@ -721,7 +728,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
     }
 
     /// Handles one data frame from the client. Returns `Some` to end the connection.
-    fn handle_frame(&mut self, msg: &Message) -> Option<End> {
+    async fn handle_frame(&mut self, msg: &Message) -> Option<End> {
         if msg.is_binary() != self.codec.is_binary() {
             let want = if self.codec.is_binary() {
                 "binary (pulsegate.v1.msgpack)"
@@ -816,7 +823,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     self.error(id, ErrorCode::Limit, over.message().into());
                     return None;
                 }
-                match self.shared.hub.publish(&topic, data) {
+                let published = match self.shared.cluster.get() {
+                    // Boxed: the backplane round trip's state is not kept in
+                    // every connection's future.
+                    Some(c) => Box::pin(c.publish(&topic, data)).await,
+                    None => self.shared.hub.publish(&topic, data),
+                };
+                match published {
                     Ok(m) => {
                         let metrics = &self.shared.metrics;
                         metrics.published(Source::Ws, size);
@@ -919,6 +932,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         msg,
                     );
                 }
+                if let Some(c) = self.shared.cluster.get() {
+                    let prepared = Box::pin(cluster_prepare(c, &pattern, snapshot, &since)).await;
+                    if let Err(e) = prepared {
+                        let code = hub_error_code(&e);
+                        self.error(id, code, e.to_string());
+                        return None;
+                    }
+                }
                 let codec = self.codec;
                 let with_since = !since.is_empty();
                 self.shared
@@ -944,6 +965,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                             .subscriptions
                             .store(self.subs.len() as u32, Relaxed);
                         self.shared.hub.unsubscribe(self.outbox.id(), &p);
+                        if let Some(c) = self.shared.cluster.get() {
+                            Box::pin(c.release(&p)).await;
+                        }
                         self.reply(ServerFrame::Ok(Reply {
                             id,
                             ..Reply::default()
@@ -1060,6 +1084,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
 }
 
 /// When a token stops being valid: `exp` plus the allowed clock skew.
+/// In a cluster, before the hub serves a subscription: the backplane
+/// delivers the pattern to this node, and the local copy of each `since`
+/// topic (or of the snapshot topic) is brought up to date from its log.
+async fn cluster_prepare(
+    c: &pulsegate_core::Cluster,
+    pattern: &Pattern,
+    snapshot: bool,
+    since: &[(String, pulsegate_proto::Position)],
+) -> Result<(), HubError> {
+    c.interest(pattern).await?;
+    let mut done = Ok(());
+    for (topic, pos) in since.iter().filter(|(t, _)| pattern.matches(t)) {
+        done = c.catch_up(topic, Some(pos), false).await;
+        if done.is_err() {
+            break;
+        }
+    }
+    if done.is_ok()
+        && snapshot
+        && !pattern.is_wildcard()
+        && !since.iter().any(|(t, _)| t == pattern.as_str())
+    {
+        done = c.catch_up(pattern.as_str(), None, true).await;
+    }
+    if done.is_err() {
+        c.release(pattern).await;
+    }
+    done
+}
+
 fn expiry_instant(id: &crate::auth::Identity, leeway: Duration) -> Instant {
     let now_s = now_micros() / 1_000_000;
     let left = id.expires_at.map_or(u64::MAX / 4, |exp| {

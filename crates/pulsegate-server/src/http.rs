@@ -142,17 +142,18 @@ pub async fn route(
             let topic = decode_topic(&p["/api/publish/".len()..]);
             publish_one(&shared, &caller, topic, req).await
         }
-        (&Method::GET, p) if p.starts_with("/api/topics/") => last_value(
-            &shared,
-            &caller,
-            decode_topic(&p["/api/topics/".len()..]),
-        ),
-        (&Method::GET, p) if p.starts_with("/api/history/") => history(
-            &shared,
-            &caller,
-            decode_topic(&p["/api/history/".len()..]),
-            req.uri().query(),
-        ),
+        (&Method::GET, p) if p.starts_with("/api/topics/") => {
+            last_value(&shared, &caller, decode_topic(&p["/api/topics/".len()..])).await
+        }
+        (&Method::GET, p) if p.starts_with("/api/history/") => {
+            history(
+                &shared,
+                &caller,
+                decode_topic(&p["/api/history/".len()..]),
+                req.uri().query(),
+            )
+            .await
+        }
         (_, "/healthz" | "/readyz" | "/api/stats" | "/api/publish" | "/metrics" | "/dashboard" | "/api/connections" | "/api/topics") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed on {path}"))
         }
@@ -543,7 +544,7 @@ async fn publish_one_inner(
     if let Some(r) = rate_check(shared, caller, data.len()) {
         return r;
     }
-    match publish(shared, &topic, data) {
+    match publish(shared, &topic, data).await {
         Ok(m) => json_response(StatusCode::OK, &stamp(&m)),
         Err(e) => publish_error(e),
     }
@@ -558,9 +559,9 @@ fn reserved_topic() -> Resp {
 }
 
 /// Publishes one HTTP message and records it in the metrics.
-fn publish(shared: &Shared, topic: &str, data: Bytes) -> Result<Arc<Message>, HubError> {
+async fn publish(shared: &Shared, topic: &str, data: Bytes) -> Result<Arc<Message>, HubError> {
     let size = data.len();
-    let m = shared.hub.publish(topic, data)?;
+    let m = shared.publish(topic, data).await?;
     let metrics = &shared.metrics;
     metrics.published(Source::Http, size);
     metrics.observe(
@@ -657,7 +658,9 @@ async fn publish_batch_inner(shared: &Shared, caller: &Caller, req: Request<Inco
             shared,
             &item.topic,
             Bytes::copy_from_slice(item.data.get().as_bytes()),
-        ) {
+        )
+        .await
+        {
             Ok(m) => out.push(stamp(&m)),
             Err(e) => {
                 // Items before `i` were published; say so explicitly.
@@ -671,7 +674,7 @@ async fn publish_batch_inner(shared: &Shared, caller: &Caller, req: Request<Inco
     json_response(StatusCode::OK, &Value::Array(out))
 }
 
-fn last_value(shared: &Shared, caller: &Caller, topic: Result<String, String>) -> Resp {
+async fn last_value(shared: &Shared, caller: &Caller, topic: Result<String, String>) -> Resp {
     let topic = match topic {
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_topic", e),
@@ -684,7 +687,14 @@ fn last_value(shared: &Shared, caller: &Caller, topic: Result<String, String>) -
             return r;
         }
     }
-    match shared.hub.last_value(&topic) {
+    let found = match shared.cluster.get() {
+        Some(c) => match c.last_value(&topic).await {
+            Ok(m) => m,
+            Err(e) => return publish_error(e),
+        },
+        None => shared.hub.last_value(&topic),
+    };
+    match found {
         Some(m) => json_response(StatusCode::OK, &message_json(&m)),
         None => error(
             StatusCode::NOT_FOUND,
@@ -703,7 +713,7 @@ fn message_json(m: &Message) -> Value {
 const HISTORY_DEFAULT_LIMIT: usize = 100;
 const HISTORY_MAX_LIMIT: usize = 10_000;
 
-fn history(
+async fn history(
     shared: &Shared,
     caller: &Caller,
     topic: Result<String, String>,
@@ -755,7 +765,14 @@ fn history(
             }
         }
     }
-    match shared.hub.history(&topic, since, limit) {
+    let found = match shared.cluster.get() {
+        Some(c) => match c.history(&topic, since, limit).await {
+            Ok(log) => log.map(|l| (l.epoch, l.last_seq, l.messages)),
+            Err(e) => return publish_error(e),
+        },
+        None => shared.hub.history(&topic, since, limit),
+    };
+    match found {
         Some((epoch, last_seq, msgs)) => json_response(
             StatusCode::OK,
             &json!({

@@ -45,4 +45,7 @@ pub enum StartError {
     /// Auth key files unusable.
     #[error("auth: {0}")]
     Auth(String),
+    /// The backplane configuration is unusable (not: the server is down).
+    #[error("cluster backplane: {0}")]
+    Backplane(String),
 }

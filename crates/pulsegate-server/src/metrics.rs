@@ -393,6 +393,8 @@ pub struct Metrics {
     pub publish_fanout: Histo,
     /// WebSocket ping → pong (µs).
     pub ping_rtt: Histo,
+    /// Publisher's ingress on another node → applied here from the backplane (µs).
+    pub backplane_lag: Histo,
     /// TCP accept → 101 written (µs).
     pub handshake: Histo,
     /// Connection lifetime (ms).
@@ -436,6 +438,7 @@ impl Metrics {
             delivery_lag: Histo::new(LAG_US, 1e-6),
             publish_fanout: Histo::new(LAG_US, 1e-6),
             ping_rtt: Histo::new(LAG_US, 1e-6),
+            backplane_lag: Histo::new(LAG_US, 1e-6),
             handshake: Histo::new(HANDSHAKE_US, 1e-6),
             conn_duration: Histo::new(DURATION_MS, 1e-3),
             payload: Histo::new(SIZE_BYTES, 1.0),
@@ -848,6 +851,48 @@ impl Collector for ServerCollector {
             None,
             GAUGE,
             &rows,
+        )?;
+
+        // Cluster backplane (all zero, `backplane="memory"`, on a single node).
+        let cluster = shared.cluster.get();
+        let name = cluster.map_or("memory", |c| c.backplane().name());
+        let up = cluster.is_none_or(|c| c.backplane().is_up());
+        e.labelled(
+            "pulsegate_backplane_up",
+            "1 when the cluster backplane is reachable (always 1 for memory).",
+            None,
+            GAUGE,
+            &[(
+                vec![("backplane", name.to_string())],
+                f64::from(u8::from(up)),
+            )],
+        )?;
+        let bp = |f: fn(&pulsegate_core::BackplaneStats) -> &AtomicU64| {
+            cluster.map_or(0, |c| f(c.backplane().stats()).load(Relaxed)) as f64
+        };
+        let cs = |f: fn(&pulsegate_core::ClusterStats) -> &AtomicU64| {
+            cluster.map_or(0, |c| f(c.stats()).load(Relaxed)) as f64
+        };
+        for (metric, help, ty, v) in [
+            ("pulsegate_backplane_errors", "Failed backplane operations (publish, subscribe, read, health check).", COUNTER, bp(|s| &s.errors)),
+            ("pulsegate_backplane_reconnects", "Backplane transitions from down to up.", COUNTER, bp(|s| &s.reconnects)),
+            ("pulsegate_backplane_conflicts", "Publishes retried because another node stored on the same topic first (NATS).", COUNTER, bp(|s| &s.conflicts)),
+            ("pulsegate_backplane_published", "Messages stored in the backplane by this node.", COUNTER, bp(|s| &s.published)),
+            ("pulsegate_backplane_received", "Live messages received from the backplane.", COUNTER, bp(|s| &s.received)),
+            ("pulsegate_backplane_applied", "Live messages applied to this node's hub (mostly published on other nodes).", COUNTER, cs(|s| &s.remote_applied)),
+            ("pulsegate_backplane_duplicates", "Live messages dropped as already held (echo of own publish, overlapping patterns).", COUNTER, cs(|s| &s.duplicates)),
+            ("pulsegate_backplane_gaps_filled", "Holes in the live stream filled by reading the topic log.", COUNTER, cs(|s| &s.gaps_filled)),
+            ("pulsegate_backplane_gap_lost_messages", "Messages a hole needed that the log no longer held; local subscribers saw seq jump.", COUNTER, cs(|s| &s.gap_lost)),
+            ("pulsegate_backplane_resyncs", "Re-reads of all subscribed topics after a backplane reconnect.", COUNTER, cs(|s| &s.resyncs)),
+            ("pulsegate_backplane_patterns", "Patterns this node is subscribed to on the backplane now.", GAUGE, cs(|s| &s.patterns)),
+        ] {
+            e.one(metric, help, None, ty, v)?;
+        }
+        e.histo(
+            "pulsegate_backplane_lag",
+            "Publisher's ingress (on any node) to the message applied on this node from the backplane: cross-node lag.",
+            Some(Unit::Seconds),
+            &m.backplane_lag,
         )?;
 
         // Closes.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use pulsegate_core::{Hub, HubConfig, MemoryBackplane};
+use pulsegate_core::{Hub, HubConfig};
 use pulsegate_proto::Codec;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,6 +41,7 @@ pub struct Running {
     accept: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     sampler: JoinHandle<()>,
+    ingest: Option<JoinHandle<()>>,
     tracker: mpsc::Receiver<()>,
     tls: Option<crate::tls::Tls>,
 }
@@ -73,16 +74,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .node_name
         .clone()
         .unwrap_or_else(default_node_name);
-    let hub = Arc::new(Hub::new(
-        HubConfig {
-            max_history_messages: config.history.max_messages,
-            max_history_age: config.history.max_age,
-            max_topics: config.history.max_topics,
-        },
-        Arc::new(MemoryBackplane),
-    ));
+    let hub = Arc::new(Hub::new(HubConfig {
+        max_history_messages: config.history.max_messages,
+        max_history_age: config.history.max_age,
+        max_topics: config.history.max_topics,
+    }));
     let auth = crate::auth::Authenticator::from_config(&config.auth).map_err(StartError::Auth)?;
     let shared = Shared::new(config, node, hub.clone(), auth);
+    let ingest = join_cluster(&shared).await?;
     let (tracker_tx, tracker) = mpsc::channel(1);
     let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
     let accept = tokio::spawn(accept_loop(listener, shared.clone(), acceptor, tracker_tx));
@@ -103,9 +102,84 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         accept,
         sweeper,
         sampler,
+        ingest,
         tracker,
         tls,
     })
+}
+
+/// Live messages from the backplane waiting for the ingest task; when full,
+/// the backplane's reader waits (NATS then buffers in its client; the Redis
+/// client's push buffer overflows into a counted drop and a resync, which
+/// re-reads the missed messages from the logs).
+const INGEST_QUEUE: usize = 65_536;
+
+/// With `cluster.backplane` other than `memory`: connects the backplane
+/// (in the background: a node whose backplane is down starts anyway and
+/// reports `backplane_down`) and starts the task applying its live stream.
+async fn join_cluster(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>, StartError> {
+    use crate::config::BackplaneKind;
+    let c = &shared.config.cluster;
+    if c.backplane == BackplaneKind::Memory {
+        return Ok(None);
+    }
+    let node = c.node_name.clone().unwrap_or_else(|| shared.node.clone());
+    let h = &shared.config.history;
+    let (tx, rx) = mpsc::channel(INGEST_QUEUE);
+    let backplane: Arc<dyn pulsegate_core::Backplane> = match c.backplane {
+        BackplaneKind::Nats => pulsegate_backplane_nats::NatsBackplane::connect(
+            pulsegate_backplane_nats::NatsConfig {
+                url: c.nats_url.expose().to_string(),
+                node_name: node,
+                stream: c.prefix.to_uppercase().replace('-', "_"),
+                subject_prefix: c.prefix.clone(),
+                max_messages_per_topic: h.max_messages as i64,
+                max_age: h.max_age,
+                max_bytes: i64::try_from(c.max_bytes).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+            tx,
+        )
+        .await
+        .map_err(|e| StartError::Backplane(e.to_string()))?,
+        BackplaneKind::Redis => pulsegate_backplane_redis::RedisBackplane::connect(
+            pulsegate_backplane_redis::RedisConfig {
+                url: c.redis_url.expose().to_string(),
+                node_name: node,
+                prefix: c.prefix.clone(),
+                max_history: h.max_messages,
+                history_ttl: h.max_age,
+                ..Default::default()
+            },
+            tx,
+        )
+        .await
+        .map_err(|e| StartError::Backplane(e.to_string()))?,
+        BackplaneKind::Memory => unreachable!("handled above"),
+    };
+    let weak = Arc::downgrade(shared);
+    let lag: pulsegate_core::LagObserver = Arc::new(move |us| {
+        if let Some(s) = weak.upgrade() {
+            s.metrics.observe(&s.metrics.backplane_lag, us);
+        }
+    });
+    let cluster = Arc::new(pulsegate_core::Cluster::new(
+        shared.hub.clone(),
+        backplane,
+        h.max_messages,
+        lag,
+    ));
+    tracing::info!(
+        backplane = c.backplane.as_str(),
+        url = %match c.backplane {
+            BackplaneKind::Nats => &c.nats_url,
+            _ => &c.redis_url,
+        },
+        up = cluster.backplane().is_up(),
+        "cluster backplane configured"
+    );
+    let _ = shared.cluster.set(cluster.clone());
+    Ok(Some(tokio::spawn(cluster.run_ingest(rx))))
 }
 
 fn default_node_name() -> String {
@@ -162,6 +236,9 @@ impl Running {
         self.accept.abort();
         self.sweeper.abort();
         self.sampler.abort();
+        if let Some(i) = &self.ingest {
+            i.abort();
+        }
         let _ = self.accept.await;
         // Every connection task holds a tracker sender; recv() is None once all are gone.
         let _ = tokio::time::timeout(Duration::from_secs(3), self.tracker.recv()).await;

@@ -90,6 +90,8 @@ pub struct Shared {
     pub node: String,
     /// The hub.
     pub hub: Arc<Hub>,
+    /// The cluster layer when `cluster.backplane` is not `memory`; set once at start.
+    pub cluster: std::sync::OnceLock<Arc<pulsegate_core::Cluster>>,
     /// Server-side counters and histograms.
     pub metrics: Metrics,
     /// Token verification (`auth.mode = "jwt"`), else `None`.
@@ -136,6 +138,7 @@ impl Shared {
             config,
             node,
             hub,
+            cluster: std::sync::OnceLock::new(),
             rates,
             over_budget: AtomicBool::new(false),
             trusted_proxies,
@@ -231,11 +234,23 @@ impl Shared {
         self.draining.load(Relaxed)
     }
 
+    /// Publishes through the backplane in a cluster, else to the hub directly.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        data: bytes::Bytes,
+    ) -> Result<Arc<pulsegate_core::Message>, pulsegate_core::HubError> {
+        match self.cluster.get() {
+            Some(c) => c.publish(topic, data).await,
+            None => self.hub.publish(topic, data),
+        }
+    }
+
     /// `None` when ready, else why not.
     pub fn not_ready(&self) -> Option<NotReady> {
         if self.is_draining() {
             Some(NotReady::Draining)
-        } else if !self.hub.backplane().is_up() {
+        } else if self.cluster.get().is_some_and(|c| !c.backplane().is_up()) {
             Some(NotReady::BackplaneDown)
         } else if self.active.load(Relaxed) >= self.config.limits.max_connections
             || self.over_budget.load(Relaxed)
