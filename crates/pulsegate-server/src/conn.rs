@@ -209,9 +209,13 @@ pub async fn serve_ws<S>(
     conn.shared.unregister(id);
     conn.shared.hub.remove_connection(id, conn.subs.iter());
     if let Some(c) = conn.shared.cluster.get() {
-        for p in &conn.subs {
-            c.release(p).await;
-        }
+        // Boxed: needed once, at the end; not part of the task's state.
+        Box::pin(async {
+            for p in &conn.subs {
+                c.release(p).await;
+            }
+        })
+        .await;
     }
     let duration_ms = started.elapsed().as_millis() as u64;
     let m = &conn.shared.metrics;
@@ -386,7 +390,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     Ok(false) => {}
                     Err(frame) => {
                         last_activity = Instant::now();
-                        if let Some(end) = self.on_frame(frame, &mut beat).await {
+                        if let Some(end) = Box::pin(self.on_frame(frame, &mut beat)).await {
                             return end;
                         }
                     }
@@ -455,7 +459,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 }
                 frame = ws.next() => {
                     last_activity = Instant::now();
-                    if let Some(end) = self.on_frame(frame, &mut beat).await {
+                    if let Some(end) = Box::pin(self.on_frame(frame, &mut beat)).await {
                         return end;
                     }
                 }
@@ -498,9 +502,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         } else if let Some((code, _)) = msg.as_close() {
             Some(End::ClientClosed(Some(u16::from(code))))
         } else if msg.is_text() || msg.is_binary() {
-            // Boxed: the handler awaits the backplane in a cluster, and its
-            // state must not grow every idle connection's future.
-            Box::pin(self.handle_frame(&msg)).await
+            self.handle_frame(&msg).await
         } else {
             None
         }
