@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_websockets::{CloseCode, Limits, MaybeTlsStream, Message, WebSocketStream};
 
+use crate::options::parse_url;
 use crate::{ClientError, ClientOptions};
 
 /// Slack added to two ping intervals before a silent server counts as gone.
@@ -84,11 +85,20 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects, upgrades with the subprotocol of `opts.codec`, and waits for
-    /// `welcome`, all within `opts.connect_timeout`.
+    /// Connects to the first URL of `opts` ([`ClientOptions::url`]), upgrades
+    /// with the subprotocol of `opts.codec`, and waits for `welcome`, all
+    /// within `opts.connect_timeout`.
     pub async fn connect(opts: &ClientOptions) -> Result<Connection, ClientError> {
-        let uri = opts.parsed_url()?;
-        match tokio::time::timeout(opts.connect_timeout, Self::connect_inner(opts, uri)).await {
+        Self::connect_to(opts, &opts.url).await
+    }
+
+    /// As [`Connection::connect`], to `url` instead of the first URL of
+    /// `opts` (e.g. one of its [`ClientOptions::urls`]); every other option
+    /// applies.
+    pub async fn connect_to(opts: &ClientOptions, url: &str) -> Result<Connection, ClientError> {
+        let uri = parse_url(url)?;
+        match tokio::time::timeout(opts.connect_timeout, Self::connect_inner(opts, url, uri)).await
+        {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 what: "connecting and waiting for the welcome frame",
@@ -97,9 +107,13 @@ impl Connection {
         }
     }
 
-    async fn connect_inner(opts: &ClientOptions, uri: http::Uri) -> Result<Self, ClientError> {
+    async fn connect_inner(
+        opts: &ClientOptions,
+        url: &str,
+        uri: http::Uri,
+    ) -> Result<Self, ClientError> {
         let connect_error = |source| ClientError::Connect {
-            url: opts.url.clone(),
+            url: url.to_owned(),
             source,
         };
         let protocol = match opts.codec {
@@ -420,12 +434,25 @@ impl Connection {
 
 /// Publishes one message over a fresh connection: connect, `pub`, wait for
 /// the reply, close.
+///
+/// With [`ClientOptions::fallback_url`], a URL whose connection fails is
+/// followed by the next one; once connected, the `pub` is sent once and its
+/// outcome returned (a lost reply is not retried elsewhere, which could
+/// store the message twice).
 pub async fn publish(
     opts: &ClientOptions,
     topic: &str,
     data: serde_json::Value,
 ) -> Result<Published, ClientError> {
-    let mut conn = Connection::connect(opts).await?;
+    opts.check_urls()?;
+    let mut connected = Connection::connect(opts).await;
+    for url in &opts.fallback_urls {
+        match &connected {
+            Err(e) if e.is_retryable() => connected = Connection::connect_to(opts, url).await,
+            _ => break,
+        }
+    }
+    let mut conn = connected?;
     let result = conn.publish(topic, &data).await;
     conn.close().await;
     result

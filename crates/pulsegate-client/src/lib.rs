@@ -7,18 +7,24 @@
 //!   [`ServerFrame`]s, with no reconnect — the tool for tests;
 //! - [`Subscriber`]: a subscription that reconnects with jittered backoff,
 //!   honours a draining server's `reconnect_after_ms` hint, resumes from the
-//!   last seen position per topic, drops duplicates and reports gaps.
+//!   last seen position per topic, drops duplicates and reports gaps — and,
+//!   given several nodes of a cluster ([`ClientOptions::fallback_url`]),
+//!   fails over to the next node on every reconnect.
 //!
-//! All three take [`ClientOptions`]. Where things live: `options.rs` (URL,
+//! All three take [`ClientOptions`]. Where things live: `options.rs` (URLs,
 //! TLS, timeouts, bounds), `connection.rs` (one socket's life), `subscriber.rs`
-//! (the reconnect state machine), `backoff.rs` and `positions.rs` (the pure
-//! arithmetic behind it, unit-tested), `error.rs` ([`ClientError`]).
+//! (the reconnect state machine), `backoff.rs`, `failover.rs` and
+//! `positions.rs` (the pure arithmetic behind it — when, where, from which
+//! position — unit-tested), `error.rs` ([`ClientError`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), pulsegate_client::ClientError> {
 //! use pulsegate_client::{publish, ClientOptions, Event, Subscriber};
 //!
-//! let opts = ClientOptions::new("ws://127.0.0.1:8080/ws");
+//! // Three nodes of one cluster: reconnects rotate over them.
+//! let opts = ClientOptions::new("ws://10.0.0.11:8080/ws")
+//!     .fallback_url("ws://10.0.0.12:8080/ws")
+//!     .fallback_url("ws://10.0.0.13:8080/ws");
 //! let reply = publish(&opts, "site/a/power", serde_json::json!({"w": 1520})).await?;
 //! println!("published as seq {} of epoch {}", reply.seq, reply.epoch);
 //!
@@ -37,6 +43,7 @@
 pub mod backoff;
 mod connection;
 mod error;
+mod failover;
 mod options;
 pub mod positions;
 mod subscriber;

@@ -9,6 +9,11 @@
 //! TLS uses rustls with the aws-lc-rs provider only, trusting the webpki
 //! (Mozilla) roots plus any CA added here — enough for public certificates and
 //! for self-signed test servers.
+//!
+//! Several nodes of one cluster (sharing a NATS or Redis backplane) can be
+//! given with [`ClientOptions::fallback_url`]: the URL of `new` is tried
+//! first, and every reconnect of a [`crate::Subscriber`] moves on to the next
+//! URL in rotation (see `failover.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use crate::ClientError;
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub(crate) url: String,
+    pub(crate) fallback_urls: Vec<String>,
     pub(crate) codec: Codec,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
@@ -56,6 +62,7 @@ impl ClientOptions {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            fallback_urls: Vec::new(),
             codec: Codec::Json,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
@@ -67,6 +74,23 @@ impl ClientOptions {
             extra_roots: Vec::new(),
             tls_config: None,
         }
+    }
+
+    /// Adds another node of the same cluster (same URL form as
+    /// [`ClientOptions::new`]); may be called once per node. The URLs form a
+    /// rotation — the first URL, then the fallbacks in the order added, then
+    /// the first again: [`crate::Subscriber`] connects to the first and, after
+    /// every disconnect or failed attempt, reconnects to the next one (after
+    /// the usual jittered backoff or the server's drain hint) and resumes
+    /// there with `since`. [`crate::publish`] tries them in order until one
+    /// accepts the connection (it never re-sends a `pub`).
+    ///
+    /// Only useful with clustered servers (`cluster.backplane = "nats"` or
+    /// `"redis"`): a standalone server's history is its own, so resuming on
+    /// another one yields `not_recovered`.
+    pub fn fallback_url(mut self, url: impl Into<String>) -> Self {
+        self.fallback_urls.push(url.into());
+        self
     }
 
     /// The subprotocol to ask for: `pulsegate.v1.json` (default) or
@@ -149,9 +173,17 @@ impl ClientOptions {
         self
     }
 
-    /// The server URL.
+    /// The first server URL (the one given to [`ClientOptions::new`]).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Every server URL in rotation order: [`ClientOptions::url`], then
+    /// those added with [`ClientOptions::fallback_url`].
+    pub fn urls(&self) -> Vec<&str> {
+        std::iter::once(self.url.as_str())
+            .chain(self.fallback_urls.iter().map(String::as_str))
+            .collect()
     }
 
     /// The codec asked for.
@@ -159,22 +191,19 @@ impl ClientOptions {
         self.codec
     }
 
-    /// Parses and checks the URL: scheme `ws` or `wss`, a host.
+    /// Parses and checks the first URL: scheme `ws` or `wss`, a host.
+    #[cfg(test)]
     pub(crate) fn parsed_url(&self) -> Result<http::Uri, ClientError> {
-        let invalid = |reason: String| ClientError::InvalidUrl {
-            url: self.url.clone(),
-            reason,
-        };
-        let uri: http::Uri = self.url.parse().map_err(|e| invalid(format!("{e}")))?;
-        match uri.scheme_str() {
-            Some("ws") | Some("wss") => {}
-            Some(other) => return Err(invalid(format!("scheme `{other}` is not ws or wss"))),
-            None => return Err(invalid("no scheme".into())),
+        parse_url(&self.url)
+    }
+
+    /// Checks every URL of the rotation, so a typo in a fallback fails at
+    /// the first connect rather than at the first failover.
+    pub(crate) fn check_urls(&self) -> Result<(), ClientError> {
+        for url in self.urls() {
+            parse_url(url)?;
         }
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(invalid("no host".into()));
-        }
-        Ok(uri)
+        Ok(())
     }
 
     /// The TLS connector for `wss://` URLs.
@@ -207,6 +236,24 @@ impl ClientOptions {
     }
 }
 
+/// Parses and checks a server URL: scheme `ws` or `wss`, a host.
+pub(crate) fn parse_url(url: &str) -> Result<http::Uri, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let uri: http::Uri = url.parse().map_err(|e| invalid(format!("{e}")))?;
+    match uri.scheme_str() {
+        Some("ws") | Some("wss") => {}
+        Some(other) => return Err(invalid(format!("scheme `{other}` is not ws or wss"))),
+        None => return Err(invalid("no scheme".into())),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("no host".into()));
+    }
+    Ok(uri)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +277,27 @@ mod tests {
             assert!(e.to_string().contains(why), "{bad}: {e}");
             assert!(!e.is_retryable());
         }
+    }
+
+    #[test]
+    fn urls_are_the_first_then_the_fallbacks_in_order() {
+        let o = ClientOptions::new("ws://a/ws")
+            .fallback_url("ws://b/ws")
+            .fallback_url(String::from("ws://c/ws"));
+        assert_eq!(o.url(), "ws://a/ws");
+        assert_eq!(o.urls(), ["ws://a/ws", "ws://b/ws", "ws://c/ws"]);
+        o.check_urls().unwrap();
+        assert_eq!(ClientOptions::new("ws://a/ws").urls(), ["ws://a/ws"]);
+    }
+
+    #[test]
+    fn a_bad_fallback_url_is_reported_with_its_text() {
+        let e = ClientOptions::new("ws://a/ws")
+            .fallback_url("http://b/ws")
+            .check_urls()
+            .unwrap_err();
+        assert!(e.to_string().contains("`http://b/ws`"), "{e}");
+        assert!(!e.is_retryable());
     }
 
     #[test]

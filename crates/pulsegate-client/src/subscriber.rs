@@ -19,6 +19,9 @@
 //!
 //! The delay before a reconnect is the server's drain hint when it closed
 //! with 1001 and `reconnect_after_ms=`, else jittered exponential backoff.
+//! Where it reconnects: with [`ClientOptions::fallback_url`], to the next
+//! node URL in rotation after every lost connection or failed attempt
+//! (`failover.rs`), resuming there with the same `since`.
 
 use std::time::Duration;
 
@@ -26,6 +29,7 @@ use pulsegate_proto::{close_code, ClientFrame, Id, Position, ServerFrame};
 use tokio::time::Instant;
 
 use crate::backoff::{parse_reconnect_after, Backoff};
+use crate::failover::Rotation;
 use crate::positions::{Observation, Positions};
 use crate::{ClientError, ClientOptions, Connection};
 
@@ -66,7 +70,8 @@ pub enum Event {
         got: u64,
     },
     /// The connection ended (or a connect attempt failed); the subscriber
-    /// reconnects after `retry_in` on the next call to [`Subscriber::next`].
+    /// reconnects after `retry_in` on the next call to [`Subscriber::next`],
+    /// to the next URL of the rotation ([`Subscriber::url`] names it).
     Disconnected {
         /// Close code, when the server sent one.
         code: Option<u16>,
@@ -106,6 +111,8 @@ pub struct Subscriber {
     snapshot: bool,
     resume: bool,
     backoff: Backoff,
+    /// Which of `opts.urls()` the next attempt (or the live connection) uses.
+    rotation: Rotation,
     positions: Positions,
     state: State,
     /// A message held back while the [`Event::Gap`] before it is returned.
@@ -120,7 +127,7 @@ pub struct Subscriber {
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscriber")
-            .field("url", &self.opts.url)
+            .field("url", &self.url())
             .field("pattern", &self.pattern)
             .field("snapshot", &self.snapshot)
             .field("resume", &self.resume)
@@ -143,7 +150,9 @@ impl Subscriber {
     ) -> Self {
         let backoff = Backoff::new(opts.backoff_min, opts.backoff_max);
         let positions = Positions::new(opts.max_tracked_topics);
+        let rotation = Rotation::new(opts.urls().len());
         Self {
+            rotation,
             opts,
             pattern: pattern.into(),
             snapshot,
@@ -167,6 +176,26 @@ impl Subscriber {
     /// True while subscribed on a live connection.
     pub fn is_connected(&self) -> bool {
         matches!(self.state, State::Live { .. })
+    }
+
+    /// The server URL in use: the one connected to, or, between connections,
+    /// the one the next attempt goes to.
+    pub fn url(&self) -> &str {
+        match self.rotation.current() {
+            0 => &self.opts.url,
+            i => &self.opts.fallback_urls[i - 1],
+        }
+    }
+
+    /// The name of the node the subscriber is connected to (from its
+    /// `welcome` frame), while connected.
+    pub fn node(&self) -> Option<&str> {
+        match &self.state {
+            State::AwaitingOk { conn, .. } | State::Live { conn } => {
+                Some(conn.welcome().node.as_str())
+            }
+            State::Idle { .. } | State::Stopped => None,
+        }
     }
 
     /// The last position seen on a concrete topic.
@@ -247,9 +276,11 @@ impl Subscriber {
         }
     }
 
-    /// Connects and sends `sub` (with `since` when resuming).
+    /// Connects to the current URL of the rotation and sends `sub` (with
+    /// `since` when resuming).
     async fn open(&mut self) -> Result<(Connection, u64), ClientError> {
-        let mut conn = Connection::connect(&self.opts).await?;
+        self.opts.check_urls()?;
+        let mut conn = Connection::connect_to(&self.opts, self.url()).await?;
         let id = self.next_id;
         self.next_id += 1;
         let since = if self.resume {
@@ -404,6 +435,10 @@ impl Subscriber {
         self.state = State::Idle {
             reconnect_at: Some(Instant::now() + retry_in),
         };
+        let lost = self.rotation.current();
+        if self.rotation.advance() != lost {
+            tracing::debug!(from = %self.opts.urls()[lost], to = %self.url(), "failing over");
+        }
         tracing::debug!(?code, %reason, ?retry_in, pattern = %self.pattern, "disconnected");
         Ok(Event::Disconnected {
             code,
@@ -419,5 +454,85 @@ fn to_read(conn: &Connection, item: Option<Result<ServerFrame, ClientError>>) ->
         Some(Err(ClientError::Decode(e))) => Read::Undecodable(e),
         Some(Err(e)) => Read::Ended(e),
         None => Read::Ended(conn.closed_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> ClientError {
+        ClientError::Closed {
+            code: None,
+            reason: "connection lost".into(),
+        }
+    }
+
+    #[test]
+    fn every_disconnect_moves_to_the_next_url_and_wraps() {
+        let opts = ClientOptions::new("ws://a/ws")
+            .fallback_url("ws://b/ws")
+            .fallback_url("ws://c/ws")
+            .backoff(Duration::ZERO, Duration::ZERO);
+        let mut sub = Subscriber::new(opts, "x/+", false, true);
+        assert_eq!(sub.url(), "ws://a/ws");
+        let mut visited = Vec::new();
+        for _ in 0..4 {
+            let event = sub.connection_lost(lost()).unwrap();
+            assert!(matches!(event, Event::Disconnected { .. }), "{event:?}");
+            visited.push(sub.url().to_owned());
+        }
+        assert_eq!(
+            visited,
+            ["ws://b/ws", "ws://c/ws", "ws://a/ws", "ws://b/ws"]
+        );
+    }
+
+    #[test]
+    fn a_drain_hint_is_honoured_on_failover_too() {
+        let opts = ClientOptions::new("ws://a/ws").fallback_url("ws://b/ws");
+        let mut sub = Subscriber::new(opts, "x/+", false, true);
+        let event = sub
+            .connection_lost(ClientError::Closed {
+                code: Some(close_code::GOING_AWAY),
+                reason: "draining; reconnect_after_ms=2000".into(),
+            })
+            .unwrap();
+        let Event::Disconnected { retry_in, .. } = event else {
+            panic!("{event:?}");
+        };
+        assert!(
+            retry_in >= Duration::from_millis(1800) && retry_in <= Duration::from_millis(2200),
+            "{retry_in:?}"
+        );
+        assert_eq!(sub.url(), "ws://b/ws");
+    }
+
+    #[test]
+    fn without_fallbacks_the_url_stays() {
+        let mut sub = Subscriber::new(ClientOptions::new("ws://a/ws"), "x/+", false, true);
+        sub.connection_lost(lost()).unwrap();
+        sub.connection_lost(lost()).unwrap();
+        assert_eq!(sub.url(), "ws://a/ws");
+        assert_eq!(sub.node(), None);
+    }
+
+    #[test]
+    fn resume_positions_survive_the_failover() {
+        let opts = ClientOptions::new("ws://a/ws").fallback_url("ws://b/ws");
+        let mut sub = Subscriber::new(opts, "x/+", false, true);
+        sub.positions.observe("x/1", "E", 7);
+        sub.connection_lost(lost()).unwrap();
+        assert_eq!(sub.url(), "ws://b/ws");
+        assert_eq!(
+            sub.positions(),
+            vec![(
+                "x/1".to_string(),
+                Position {
+                    epoch: "E".into(),
+                    seq: 7
+                }
+            )]
+        );
     }
 }

@@ -412,6 +412,126 @@ async fn drain_hint_is_honoured_and_resume_gets_exactly_the_missed_messages() {
     assert_eq!(event(&mut events).await, msg("site/a/power", 45, "E"));
 }
 
+/// A URL on which nothing listens (a port bound and released at once).
+fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("ws://{}/ws", listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn failover_rotates_over_the_urls_and_resumes_with_since_on_each() {
+    let (a, b, c) = (
+        ScriptedServer::start(Codec::Json).await,
+        ScriptedServer::start(Codec::Json).await,
+        ScriptedServer::start(Codec::Json).await,
+    );
+    let dead = dead_url();
+    let opts = ClientOptions::new(a.url())
+        .fallback_url(b.url())
+        .fallback_url(dead.clone())
+        .fallback_url(c.url())
+        .backoff(5 * MS, 20 * MS);
+    let mut events = drive(Subscriber::new(opts, "site/+/power", false, true));
+
+    // Node A: subscribed, two messages, then a drain with a hint.
+    let mut peer = a.accept().await;
+    assert_eq!(peer.recv().await, sub_frame(1, false, &[]));
+    peer.ok(1, None, None).await;
+    peer.send_msg("site/a/power", 1, "E").await;
+    peer.send_msg("site/a/power", 2, "E").await;
+    assert_eq!(event(&mut events).await, subscribed(&[], &[]));
+    assert_eq!(event(&mut events).await, msg("site/a/power", 1, "E"));
+    assert_eq!(event(&mut events).await, msg("site/a/power", 2, "E"));
+    peer.close(1001, "draining; reconnect_after_ms=50").await;
+    match event(&mut events).await {
+        Event::Disconnected { code, retry_in, .. } => {
+            assert_eq!(code, Some(1001));
+            assert!(retry_in >= 45 * MS && retry_in <= 55 * MS, "{retry_in:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Node B (the next URL) gets the resume, then vanishes without a close frame.
+    let mut peer = b.accept().await;
+    assert_eq!(
+        peer.recv().await,
+        sub_frame(2, false, &[("site/a/power", "E", 2)])
+    );
+    peer.ok(2, Some(vec!["site/a/power"]), Some(vec![])).await;
+    peer.send_msg("site/a/power", 3, "E").await;
+    assert_eq!(event(&mut events).await, subscribed(&["site/a/power"], &[]));
+    assert_eq!(event(&mut events).await, msg("site/a/power", 3, "E"));
+    drop(peer);
+    assert!(matches!(
+        event(&mut events).await,
+        Event::Disconnected { code: None, .. }
+    ));
+
+    // The dead URL fails; the one after it, node C, is tried next.
+    match event(&mut events).await {
+        Event::Disconnected { code, reason, .. } => {
+            assert_eq!(code, None);
+            assert!(reason.contains(&dead), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut peer = c.accept().await;
+    assert_eq!(
+        peer.recv().await,
+        sub_frame(3, false, &[("site/a/power", "E", 3)])
+    );
+    peer.ok(3, Some(vec!["site/a/power"]), Some(vec![])).await;
+    peer.send_msg("site/a/power", 3, "E").await; // overlap: dropped
+    peer.send_msg("site/a/power", 4, "E").await;
+    assert_eq!(event(&mut events).await, subscribed(&["site/a/power"], &[]));
+    assert_eq!(event(&mut events).await, msg("site/a/power", 4, "E"));
+    peer.close(4000, "slow consumer").await;
+    assert!(matches!(
+        event(&mut events).await,
+        Event::Disconnected {
+            code: Some(4000),
+            ..
+        }
+    ));
+
+    // After the last URL comes the first again.
+    let mut peer = a.accept().await;
+    assert_eq!(
+        peer.recv().await,
+        sub_frame(4, false, &[("site/a/power", "E", 4)])
+    );
+    peer.ok(4, Some(vec!["site/a/power"]), Some(vec![])).await;
+    assert_eq!(event(&mut events).await, subscribed(&["site/a/power"], &[]));
+}
+
+#[tokio::test]
+async fn publish_falls_back_to_the_next_url_when_one_cannot_be_reached() {
+    let server = ScriptedServer::start(Codec::Json).await;
+    let opts = ClientOptions::new(dead_url()).fallback_url(server.url());
+    let client = tokio::spawn(async move { publish(&opts, "a/b", serde_json::json!(1)).await });
+    let mut peer = server.accept().await;
+    let ClientFrame::Pub { id, .. } = peer.recv().await else {
+        panic!("expected pub");
+    };
+    peer.send(ServerFrame::Ok(Reply {
+        id,
+        topic: Some("a/b".into()),
+        seq: Some(9),
+        epoch: Some("E".into()),
+        ..Reply::default()
+    }))
+    .await;
+    peer.drain();
+    assert_eq!(client.await.unwrap().unwrap().seq, 9);
+
+    // A malformed fallback is refused before anything is sent.
+    let opts = ClientOptions::new(server.url()).fallback_url("tcp://nowhere");
+    let e = publish(&opts, "a/b", serde_json::json!(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::InvalidUrl { .. }), "{e}");
+}
+
 #[tokio::test]
 async fn slow_consumer_close_reconnects_with_backoff_in_msgpack() {
     let server = ScriptedServer::start(Codec::MsgPack).await;

@@ -205,6 +205,10 @@ impl Cluster {
                 }
                 let starts_at = if pos.seq == 0 { 1 } else { pos.seq };
                 if log.messages.first().is_some_and(|m| m.seq == starts_at) {
+                    // Live messages may have reached the hub between
+                    // `interest` and this read, starting the topic there
+                    // mid-stream: put what came before them in front.
+                    self.hub.backfill(topic, &log.messages);
                     self.apply_log(&log, OnGap::Reset);
                 }
                 Ok(())

@@ -282,6 +282,36 @@ impl Hub {
         Ok(Ingested::Applied)
     }
 
+    /// Puts older messages of the same epoch in front of the retained
+    /// history of `topic`, when they end right before its oldest retained
+    /// message. A topic this node began holding mid-stream (its first live
+    /// message arrived before a client's catch-up read) thus still serves
+    /// recovery from earlier positions. Nothing is fanned out: current
+    /// subscribers joined after these messages.
+    pub fn backfill(&self, topic: &str, older: &[Arc<Message>]) {
+        let state = self.state.read();
+        let Some(t) = state.topics.get(topic) else {
+            return;
+        };
+        let mut inner = t.inner.lock();
+        let Some(oldest) = inner.history.front().map(|m| m.seq) else {
+            return;
+        };
+        let add: Vec<&Arc<Message>> = older
+            .iter()
+            .filter(|m| m.seq < oldest && *m.epoch == *inner.epoch)
+            .collect();
+        let contiguous = add.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        if add.last().map(|m| m.seq + 1) != Some(oldest) || !contiguous {
+            return;
+        }
+        for m in add.into_iter().rev() {
+            inner.history.push_front(m.clone());
+            self.retained_messages.fetch_add(1, Relaxed);
+            self.retained_bytes.fetch_add(m.data.len(), Relaxed);
+        }
+    }
+
     /// Forgets what this hub holds of `topic` (the backplane has no log for
     /// it): recovery from the old position then fails, as it must, and the
     /// next ingested message starts the topic afresh.
