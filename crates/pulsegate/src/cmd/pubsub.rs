@@ -49,6 +49,10 @@ pub struct SubArgs {
     /// Server WebSocket URL (ws:// or wss://).
     #[arg(long, default_value = DEFAULT_URL)]
     pub url: String,
+    /// Another node of the same cluster to reconnect to (repeatable): with
+    /// --resume, each reconnect tries the next URL in turn and recovers there.
+    #[arg(long = "fallback-url", value_name = "URL")]
+    pub fallback_urls: Vec<String>,
     /// Reconnect after a disconnect and recover the messages missed meanwhile
     /// (without it, a disconnect ends the command with an error).
     #[arg(long)]
@@ -90,7 +94,10 @@ pub async fn run_pub(args: PubArgs) -> anyhow::Result<()> {
 /// Subscribes and prints one JSON line per message until `--count`,
 /// `--timeout`, Ctrl-C, or (without `--resume`) a disconnect.
 pub async fn run_sub(args: SubArgs) -> anyhow::Result<()> {
-    let opts = client_options(&args.url, args.msgpack, args.ca_file.as_deref())?;
+    let mut opts = client_options(&args.url, args.msgpack, args.ca_file.as_deref())?;
+    for url in &args.fallback_urls {
+        opts = opts.fallback_url(url);
+    }
     let mut sub = Subscriber::new(opts, args.pattern.clone(), args.snapshot, args.resume);
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let ctrl_c = tokio::signal::ctrl_c();
