@@ -91,6 +91,31 @@ pub fn check_payload(json: &str) -> Result<(), String> {
         .map_err(|e| format!("payload not representable: {e}"))
 }
 
+/// Deepest nesting of arrays and objects a payload may have: what
+/// serde_json, and so every JSON publisher and subscriber, accepts (`[]` is
+/// one level). MessagePack payloads are held to the same bound, so a
+/// MessagePack publisher cannot send what JSON subscribers could not read.
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
+
+/// Whether `v` nests no deeper than [`MAX_PAYLOAD_DEPTH`] (iterative: a
+/// hostile payload cannot exhaust the stack here).
+pub fn depth_ok(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if d > MAX_PAYLOAD_DEPTH {
+            return false;
+        }
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    true
+}
+
 /// A frame must be a JSON object / MessagePack map; serde would otherwise
 /// also accept an array of fields by position.
 fn is_map(codec: Codec, bytes: &[u8]) -> bool {
@@ -173,6 +198,11 @@ impl Codec {
                 let wire: Wire<serde_json::Value> = rmp_serde::from_slice(bytes)
                     .map_err(|e| bad_encoding(format!("malformed MessagePack: {e}"), None))?;
                 from_wire(wire, |v| {
+                    if !depth_ok(&v) {
+                        return Err(format!(
+                            "payload not representable: nested deeper than {MAX_PAYLOAD_DEPTH} levels"
+                        ));
+                    }
                     serde_json::to_vec(&v)
                         .map(Bytes::from)
                         .map_err(|e| e.to_string())
@@ -243,7 +273,15 @@ impl Codec {
     pub fn decode_server(self, bytes: &[u8]) -> Result<ServerFrame, String> {
         match self {
             Codec::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-            Codec::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+            Codec::MsgPack => {
+                let frame: ServerFrame = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+                match &frame {
+                    ServerFrame::Msg { data, .. } if !depth_ok(data) => Err(format!(
+                        "payload nested deeper than {MAX_PAYLOAD_DEPTH} levels"
+                    )),
+                    _ => Ok(frame),
+                }
+            }
         }
     }
 
@@ -430,6 +468,39 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn msgpack_payloads_nest_no_deeper_than_json_allows() {
+        use serde_json::json;
+        let nested = |d: usize| -> serde_json::Value {
+            (0..d).fold(json!(1), |v, _| json!([v]))
+        };
+        let frame = |d: usize| {
+            let mut m = serde_json::Map::new();
+            m.insert("op".into(), "pub".into());
+            m.insert("topic".into(), "t".into());
+            m.insert("data".into(), nested(d));
+            rmp_serde::to_vec_named(&serde_json::Value::Object(m)).unwrap()
+        };
+        // The JSON parser's own bound, which the constant mirrors.
+        let text = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(check_payload(&text(MAX_PAYLOAD_DEPTH)).is_ok());
+        assert!(check_payload(&text(MAX_PAYLOAD_DEPTH + 1)).is_err());
+        assert!(Codec::MsgPack.decode(&frame(MAX_PAYLOAD_DEPTH)).is_ok());
+        let err = Codec::MsgPack.decode(&frame(MAX_PAYLOAD_DEPTH + 1)).unwrap_err();
+        assert!(format!("{err:?}").contains("nested deeper"), "{err:?}");
+        let msg = |d: usize| {
+            Codec::MsgPack.encode(&ServerFrame::Msg {
+                topic: "t".into(),
+                seq: 1,
+                epoch: "e".into(),
+                ts: 1,
+                data: nested(d),
+            })
+        };
+        assert!(Codec::MsgPack.decode_server(&msg(MAX_PAYLOAD_DEPTH)).is_ok());
+        assert!(Codec::MsgPack.decode_server(&msg(MAX_PAYLOAD_DEPTH + 1)).is_err());
     }
 
     #[test]
