@@ -6,6 +6,9 @@
 # temporary data dirs, and stops everything at exit. Reports lag p50/p99
 # from the bench, deliveries per CPU-second of the pulsegate nodes (sum of
 # the three), and the CPU seconds the Redis/NATS server used in the run.
+# Then, per backplane, publish throughput: 4 WebSocket publishers on node A
+# as fast as acknowledgements come back (256 unconfirmed each), 4 topics, 3
+# subscribers per topic (on node A), TPUT_DURATION long.
 #   REPEAT=2 scripts/bench-cluster.sh
 set -euo pipefail
 REPEAT=${REPEAT:-1}
@@ -79,6 +82,40 @@ PY
     for p in "${nodes[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   done
 done
+echo -e "backplane\tpublishes_per_s\tdeliveries_per_s\tbad\tlag_p50\tlag_p99" > "$work/tput.tsv"
+for bp in memory redis nats; do
+  prefix="tput${bp}"
+  nodes=()
+  n=$([ "$bp" = memory ] && echo 1 || echo 3)
+  for i in $(seq 1 "$n"); do
+    port=$((base + 10 + i))
+    RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" \
+      --set limits.handshake_rate_per_ip=0 --set limits.publish_rate=0 --set limits.publish_bytes_rate=0 \
+      --set cluster.backplane="$bp" --set cluster.prefix="$prefix" --set cluster.node_name="n$i" \
+      --set cluster.redis_url="redis://127.0.0.1:$redis_port" --set cluster.nats_url="nats://127.0.0.1:$nats_port" \
+      >"$work/tnode$i.log" 2>&1 &
+    nodes+=("$!"); pids+=("$!")
+    wait_port "$port"
+  done
+  timeout 120 "$bin" bench throughput --url "ws://127.0.0.1:$((base + 11))/ws" \
+    --subscribers 12 --publishers 4 --topics 4 --payload 64 --duration "${TPUT_DURATION:-5s}" \
+    --json --quiet --metrics-url "http://127.0.0.1:1/none" > "$work/t.json"
+  python3 - "$work/t.json" "$bp" >> "$work/tput.tsv" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+bad = d["lost"] + d["duplicated"] + d["out_of_order"] + d["undelivered"]
+print(f"{sys.argv[2]}\t{d['publishes_per_sec']:.0f}\t{d['deliveries_per_sec']:.0f}\t{bad}\t{d['lag_ms']['p50']}\t{d['lag_ms']['p99']}")
+PY
+  for p in "${nodes[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+done
+python3 - "$work/tput.tsv" <<'PY'
+import sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+print("| " + " | ".join(rows[0]) + " |")
+print("|" + "---|" * len(rows[0]))
+for r in rows[1:]:
+    print("| " + " | ".join(x.strip() for x in r) + " |")
+PY
 python3 - "$work/all.tsv" <<'PY'
 import sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]

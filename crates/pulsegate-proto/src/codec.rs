@@ -473,9 +473,7 @@ mod tests {
     #[test]
     fn msgpack_payloads_nest_no_deeper_than_json_allows() {
         use serde_json::json;
-        let nested = |d: usize| -> serde_json::Value {
-            (0..d).fold(json!(1), |v, _| json!([v]))
-        };
+        let nested = |d: usize| -> serde_json::Value { (0..d).fold(json!(1), |v, _| json!([v])) };
         let frame = |d: usize| {
             let mut m = serde_json::Map::new();
             m.insert("op".into(), "pub".into());
@@ -488,7 +486,9 @@ mod tests {
         assert!(check_payload(&text(MAX_PAYLOAD_DEPTH)).is_ok());
         assert!(check_payload(&text(MAX_PAYLOAD_DEPTH + 1)).is_err());
         assert!(Codec::MsgPack.decode(&frame(MAX_PAYLOAD_DEPTH)).is_ok());
-        let err = Codec::MsgPack.decode(&frame(MAX_PAYLOAD_DEPTH + 1)).unwrap_err();
+        let err = Codec::MsgPack
+            .decode(&frame(MAX_PAYLOAD_DEPTH + 1))
+            .unwrap_err();
         assert!(format!("{err:?}").contains("nested deeper"), "{err:?}");
         let msg = |d: usize| {
             Codec::MsgPack.encode(&ServerFrame::Msg {
@@ -499,8 +499,12 @@ mod tests {
                 data: nested(d),
             })
         };
-        assert!(Codec::MsgPack.decode_server(&msg(MAX_PAYLOAD_DEPTH)).is_ok());
-        assert!(Codec::MsgPack.decode_server(&msg(MAX_PAYLOAD_DEPTH + 1)).is_err());
+        assert!(Codec::MsgPack
+            .decode_server(&msg(MAX_PAYLOAD_DEPTH))
+            .is_ok());
+        assert!(Codec::MsgPack
+            .decode_server(&msg(MAX_PAYLOAD_DEPTH + 1))
+            .is_err());
     }
 
     #[test]
