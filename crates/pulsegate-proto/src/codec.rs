@@ -86,16 +86,23 @@ fn present<'de, D: Deserialize<'de>, De: serde::Deserializer<'de>>(
 /// MessagePack subscribers and undecodable for typed clients, i.e. lost
 /// silently. Costs one parse per published message, none per subscriber.
 pub fn check_payload(json: &str) -> Result<(), String> {
-    serde_json::from_str::<serde_json::Value>(json)
-        .map(|_| ())
-        .map_err(|e| format!("payload not representable: {e}"))
+    let v = serde_json::from_str::<serde_json::Value>(json)
+        .map_err(|e| format!("payload not representable: {e}"))?;
+    if depth_ok(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "payload not representable: nested deeper than {MAX_PAYLOAD_DEPTH} levels"
+        ))
+    }
 }
 
-/// Deepest nesting of arrays and objects a payload may have: what
-/// serde_json, and so every JSON publisher and subscriber, accepts (`[]` is
-/// one level). MessagePack payloads are held to the same bound, so a
-/// MessagePack publisher cannot send what JSON subscribers could not read.
-pub const MAX_PAYLOAD_DEPTH: usize = 127;
+/// Deepest nesting of arrays and objects a payload may have (`[]` is one
+/// level). serde_json, and so most JSON clients, refuse documents nested
+/// more than 127 levels, and a `msg` frame wraps the payload in one more
+/// object: 126 is the most every JSON subscriber can read. Held for JSON,
+/// MessagePack and HTTP publishers alike.
+pub const MAX_PAYLOAD_DEPTH: usize = 126;
 
 /// Whether `v` nests no deeper than [`MAX_PAYLOAD_DEPTH`] (iterative: a
 /// hostile payload cannot exhaust the stack here).
@@ -481,10 +488,21 @@ mod tests {
             m.insert("data".into(), nested(d));
             rmp_serde::to_vec_named(&serde_json::Value::Object(m)).unwrap()
         };
-        // The JSON parser's own bound, which the constant mirrors.
+        // The JSON parser's own bound is one level more: the frame's.
         let text = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+        assert!(serde_json::from_str::<serde_json::Value>(&text(MAX_PAYLOAD_DEPTH + 1)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&text(MAX_PAYLOAD_DEPTH + 2)).is_err());
         assert!(check_payload(&text(MAX_PAYLOAD_DEPTH)).is_ok());
         assert!(check_payload(&text(MAX_PAYLOAD_DEPTH + 1)).is_err());
+        // The deepest payload accepted still decodes inside a JSON `msg`.
+        let json_msg = Codec::Json.encode(&ServerFrame::Msg {
+            topic: "t".into(),
+            seq: 1,
+            epoch: "e".into(),
+            ts: 1,
+            data: nested(MAX_PAYLOAD_DEPTH),
+        });
+        assert!(Codec::Json.decode_server(&json_msg).is_ok());
         assert!(Codec::MsgPack.decode(&frame(MAX_PAYLOAD_DEPTH)).is_ok());
         let err = Codec::MsgPack
             .decode(&frame(MAX_PAYLOAD_DEPTH + 1))
