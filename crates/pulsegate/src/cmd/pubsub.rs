@@ -326,6 +326,7 @@ mod tests {
         let e = run_sub(SubArgs {
             pattern: "a/#".into(),
             url: url.clone(),
+            fallback_urls: Vec::new(),
             resume: false,
             snapshot: false,
             count: None,
