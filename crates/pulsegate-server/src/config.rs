@@ -920,6 +920,7 @@ impl Config {
         }
 
         self.validate_cluster()?;
+        self.validate_integer_range()?;
 
         if let Some(token) = &self.admin.token {
             if token.expose().chars().count() < 16 {
@@ -973,6 +974,27 @@ impl Config {
     /// `[auth]` when authentication is on.
     pub fn auth_if_on(&self) -> Option<&AuthConfig> {
         (self.auth.mode == AuthMode::Jwt).then_some(&self.auth)
+    }
+
+    /// Every count and size must fit a TOML integer (`i64`): a larger one
+    /// can arrive as a string from an environment variable or `--set`, and
+    /// the effective config would then not print as TOML that reads back.
+    fn validate_integer_range(&self) -> Result<(), ConfigError> {
+        let tree = serde_json::to_value(self).map_err(|e| invalid("config", e.to_string()))?;
+        for (section, keys) in tree.as_object().into_iter().flatten() {
+            for (key, value) in keys.as_object().into_iter().flatten() {
+                if let Some(n) = value.as_u64().filter(|n| *n > i64::MAX as u64) {
+                    return Err(invalid(
+                        &format!("{section}.{key}"),
+                        format!(
+                            "must be at most {} (the largest TOML integer), got {n}",
+                            i64::MAX
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
@@ -1773,6 +1795,19 @@ mod tests {
             "{msg}"
         );
         assert!(matches!(err, ConfigError::UnknownKey { ref key, .. } if key == "server.lisen"));
+    }
+
+    #[test]
+    fn counts_beyond_toml_integers_are_refused_with_their_key() {
+        // Found by the `config` fuzz target: a string number above i64::MAX
+        // was accepted and then printed as TOML that does not read back.
+        let err = Config::from_toml_str("[limits]\nmax_connections = \"12913675589755338750\"\n")
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("limits.max_connections"), "{msg}");
+        assert!(msg.contains("largest TOML integer"), "{msg}");
+        let ok = Config::from_toml_str("[cluster]\nmax_bytes = \"9223372036854775807\"\n").unwrap();
+        assert_eq!(Config::from_toml_str(&ok.to_toml_string()).unwrap(), ok);
     }
 
     #[test]
