@@ -162,6 +162,7 @@ impl Cluster {
             if self.backplane.unsubscribe(pattern).await.is_err() {
                 self.backplane.stats().error();
             }
+            self.hub.forget_unsubscribed(pattern);
         }
     }
 

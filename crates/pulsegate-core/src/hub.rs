@@ -249,6 +249,15 @@ impl Hub {
             None => {
                 drop(state);
                 let mut w = self.state.write();
+                // A live message nobody here subscribes to (in flight while
+                // the node unsubscribed) must not leave a copy behind that
+                // would later go stale.
+                if on_gap == OnGap::Report
+                    && !w.topics.contains_key(&*msg.topic)
+                    && !wanted(&w, &msg.topic)
+                {
+                    return Ok(Ingested::Skipped);
+                }
                 let t = self.topic_or_create(&mut w, &msg.topic)?;
                 (RwLockWriteGuard::downgrade(w), t)
             }
@@ -310,6 +319,24 @@ impl Hub {
             self.retained_messages.fetch_add(1, Relaxed);
             self.retained_bytes.fetch_add(m.data.len(), Relaxed);
         }
+    }
+
+    /// Forgets the topics matching `pattern` that have no local subscriber
+    /// (the node just stopped receiving them from the backplane): their copy
+    /// would go stale, and a later live message would then look like a hole
+    /// to fill and replay old messages to new subscribers. Returns how many.
+    pub fn forget_unsubscribed(&self, pattern: &Pattern) -> usize {
+        let mut state = self.state.write();
+        let before = state.topics.len();
+        state.topics.retain(|name, t| {
+            let mut inner = t.inner.lock();
+            let drop = inner.subscribers.is_empty() && pattern.matches(name);
+            if drop {
+                self.clear_history(&mut inner);
+            }
+            !drop
+        });
+        before - state.topics.len()
     }
 
     /// Forgets what this hub holds of `topic` (the backplane has no log for
@@ -654,14 +681,7 @@ impl Hub {
         if let Some(t) = state.topics.get(topic) {
             return !t.inner.lock().subscribers.is_empty();
         }
-        state
-            .pending_exact
-            .get(topic)
-            .is_some_and(|s| !s.is_empty())
-            || state
-                .patterns
-                .values()
-                .any(|p| !p.subscribers.is_empty() && p.pattern.matches(topic))
+        wanted(&state, topic)
     }
 
     /// Number of concrete topics.
@@ -681,6 +701,19 @@ impl Hub {
             self.retained_bytes.load(Relaxed),
         )
     }
+}
+
+/// Whether a subscription waits for `topic` (exact, not yet created, or a
+/// wildcard pattern matching it).
+fn wanted(state: &State, topic: &str) -> bool {
+    state
+        .pending_exact
+        .get(topic)
+        .is_some_and(|s| !s.is_empty())
+        || state
+            .patterns
+            .values()
+            .any(|p| !p.subscribers.is_empty() && p.pattern.matches(topic))
 }
 
 /// Whether the history of a topic holds everything after `pos`.

@@ -194,7 +194,7 @@ async fn recovery_on_another_node_gives_exactly_the_missed_messages() {
         .await
         .unwrap();
     assert_eq!(seqs(&wait_for(&again, 1).await), vec![9]);
-    // A still holds a stale copy up to 3; its catch-up must not replay from it alone.
+    // A dropped its copy when its last subscriber left; it reads the log again.
     let back = outbox();
     let since = vec![("room".to_string(), Position { epoch, seq: 5 })];
     let out = subscribe(&a, &back, "room", &since).await;
@@ -330,9 +330,10 @@ async fn live_messages_arriving_before_the_catch_up_do_not_spoil_recovery() {
         .unwrap()
         .epoch
         .to_string();
-    // C subscribes on the backplane; live messages start the topic there at 11.
+    // A first subscriber on C: live messages start the topic there at 11.
     let p = pat("q");
-    c.cluster.interest(&p).await.unwrap();
+    let other = outbox();
+    subscribe(&c, &other, "q", &[]).await;
     for i in 11..=14u64 {
         a.cluster
             .publish("q", Bytes::from(i.to_string()))
@@ -358,4 +359,39 @@ async fn live_messages_arriving_before_the_catch_up_do_not_spoil_recovery() {
     });
     assert_eq!(out.recovered, vec!["q".to_string()]);
     assert_eq!(seqs(&drain(&ob)), (6..=14).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_new_subscriber_does_not_get_what_was_published_while_the_node_had_none() {
+    let shared = MemoryBackplane::new(100);
+    let (a, b) = (started(&shared), started(&shared));
+    let first = outbox();
+    subscribe(&b, &first, "s", &[]).await;
+    for i in 1..=3u64 {
+        a.cluster
+            .publish("s", Bytes::from(i.to_string()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(seqs(&wait_for(&first, 3).await), vec![1, 2, 3]);
+    b.hub.remove_connection(first.id(), [&pat("s")]);
+    b.cluster.release(&pat("s")).await;
+    for i in 4..=6u64 {
+        a.cluster
+            .publish("s", Bytes::from(i.to_string()))
+            .await
+            .unwrap();
+    }
+    let later = outbox();
+    subscribe(&b, &later, "s", &[]).await;
+    a.cluster
+        .publish("s", Bytes::from_static(b"7"))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&wait_for(&later, 1).await), vec![7]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        drain(&later).is_empty(),
+        "4..6 were published before it subscribed"
+    );
 }
