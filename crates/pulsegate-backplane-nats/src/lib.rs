@@ -31,8 +31,10 @@
 //! subject is empty. JetStream stores the message only if `N` is still the
 //! subject's last sequence, so two nodes can never store the same seq; the
 //! loser gets error 10071 ("wrong last sequence"), re-reads the subject's
-//! last message and tries again (at most 20 times, with sleeps of a few
-//! hundred µs, then [`BackplaneError::Contention`]). Each retry counts in
+//! last message and tries again after a pause drawn at random up to a
+//! ceiling that doubles from 100 µs to 5 ms (at most 200 attempts, about a
+//! second, then [`BackplaneError::Contention`]; 20 attempts without the
+//! exponential spread gave up under CPU load). Each retry counts in
 //! `stats.conflicts`.
 //!
 //! Each node caches, per topic, the last stream sequence, seq and epoch it
