@@ -893,12 +893,30 @@ impl Backplane for NatsBackplane {
             }
         }
         if failed.is_none() {
-            // Once the server answered the PING after our SUBs, it
-            // delivers every message republished from now on.
-            match timeout(self.shared.config.op_timeout, self.shared.client.flush()).await {
+            // `flush` only empties our write buffer. A request answered by
+            // the server proves it has read our SUBs (it parses a
+            // connection's input in order), so it delivers every message
+            // republished from now on. Found by a test that missed seq 1
+            // under load.
+            let synced = async {
+                self.shared
+                    .client
+                    .flush()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Any JetStream request does; this one reads a stored
+                // subject no topic maps to (`~` alone is not an escape).
+                let probe = format!("{}.~", self.shared.stored_prefix);
+                self.shared
+                    .last_message(&probe)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            match timeout(self.shared.config.op_timeout, synced).await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => failed = Some(down(format!("flush after subscribe: {e}"))),
-                Err(_) => failed = Some(down("flush after subscribe timed out")),
+                Ok(Err(e)) => failed = Some(down(format!("sync after subscribe: {e}"))),
+                Err(_) => failed = Some(down("sync after subscribe timed out")),
             }
         }
         for subject in added {

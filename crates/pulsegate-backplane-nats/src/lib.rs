@@ -83,8 +83,13 @@
 //!
 //! async-nats reconnects by itself (delay 50 ms doubling to 5 s, jittered)
 //! and re-sends the subscriptions. After each connection the backplane
-//! re-checks the stream, flushes (so the re-sent subscriptions are
-//! registered), then marks itself up and sends [`Incoming::Resync`](pulsegate_core::Incoming::Resync).
+//! re-checks the stream (JetStream API requests, which the server answers
+//! only after reading the re-sent subscriptions), then marks itself up and
+//! sends [`Incoming::Resync`](pulsegate_core::Incoming::Resync). Likewise
+//! `subscribe` returns only after a JetStream request made after its SUBs
+//! was answered: `flush` alone only empties the client's write buffer, and
+//! a message stored right after could be republished before the server had
+//! the subscription.
 //! [`NatsBackplane::connect`] succeeds even when the server is down: it
 //! waits up to `op_timeout` and returns in the down state, where publish,
 //! subscribe and read fail with [`BackplaneError::Down`].
