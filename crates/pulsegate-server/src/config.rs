@@ -92,6 +92,9 @@ pub const KEYS: &[&str] = &[
     "cluster.redis_url",
     "cluster.prefix",
     "cluster.max_bytes",
+    "compression.enabled",
+    "compression.threshold",
+    "compression.level",
 ];
 
 /// Keys holding secrets: never printed, rendered as a comment by
@@ -130,6 +133,33 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Several nodes sharing topic logs through NATS or Redis.
     pub cluster: ClusterConfig,
+    /// permessage-deflate (RFC 7692) for clients that offer it.
+    pub compression: CompressionConfig,
+}
+
+/// `[compression]`: permessage-deflate (RFC 7692).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// Accept permessage-deflate when a client offers it (browsers always
+    /// do). Default `true`.
+    pub enabled: bool,
+    /// Messages shorter than this many bytes are sent uncompressed:
+    /// compressing small frames costs CPU and saves little. Default `2048`.
+    pub threshold: usize,
+    /// zlib compression level, 1 (fastest) to 9 (smallest). Each message is
+    /// compressed once for all its subscribers. Default `1`.
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enabled: true,
+            threshold: 2048,
+            level: 1,
+        }
+    }
 }
 
 /// Which backplane joins this node to others.
@@ -921,6 +951,12 @@ impl Config {
 
         self.validate_cluster()?;
         self.validate_integer_range()?;
+        if !(1..=9).contains(&self.compression.level) {
+            return Err(invalid(
+                "compression.level",
+                format!("must be 1 to 9, got {}", self.compression.level),
+            ));
+        }
 
         if let Some(token) = &self.admin.token {
             if token.expose().chars().count() < 16 {
@@ -1279,6 +1315,12 @@ impl Config {
         line(&mut out, "redis_url", &toml_str(&c.redis_url.to_string()));
         line(&mut out, "prefix", &toml_str(&c.prefix));
         line(&mut out, "max_bytes", &c.max_bytes.to_string());
+
+        let z = &self.compression;
+        out.push_str("\n[compression]\n");
+        line(&mut out, "enabled", &z.enabled.to_string());
+        line(&mut out, "threshold", &z.threshold.to_string());
+        line(&mut out, "level", &z.level.to_string());
         out
     }
 }
@@ -1816,7 +1858,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown config section or key `listen` (in TOML text); known sections: \
-             server, limits, heartbeat, delivery, history, tls, admin, metrics, auth, cluster; did you mean `server.listen`?"
+             server, limits, heartbeat, delivery, history, tls, admin, metrics, auth, cluster, compression; did you mean `server.listen`?"
         );
     }
 

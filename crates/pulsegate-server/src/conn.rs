@@ -4,7 +4,7 @@
 //! its heartbeat timers, the next client frame, and its [`Outbox`] becoming
 //! non-empty. Publishers never touch the socket: they push into the outbox,
 //! and this task writes everything queued in one vectored write
-//! (tokio-websockets queues frames and writes them with `writev` on flush).
+//! ([`WsStream`] queues frames and writes them with `writev` on flush).
 //! Control frames (pings, close) are written by this task directly, so they
 //! never wait behind a full data queue.
 
@@ -14,19 +14,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use pulsegate_core::{now_micros, CloseReason, Control, HubError, Outbox, Outgoing};
 use pulsegate_proto::{
     close_code, topic::validate_topic, ClientFrame, Codec, DecodeError, ErrorCode, Id, Pattern,
     Reply, ServerFrame,
 };
+use pulsegate_ws::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, Instant};
-use tokio_websockets::{CloseCode, Message, WebSocketStream};
 
 use crate::io::Hibernate;
 use crate::metrics::{FrameError, Initiator, Kind, Source};
 use crate::state::{ConnInfo, ConnSlot, Phase, Shared};
+use crate::ws::{WsError, WsStream};
 
 /// Most frames written per vectored write.
 const BATCH_FRAMES: usize = 256;
@@ -59,25 +59,12 @@ pub struct ConnMeta {
 enum End {
     /// The client sent a close frame (code) or the stream ended.
     ClientClosed(Option<u16>),
-    /// Transport or protocol error; tokio-websockets already queued the close frame.
-    Error(tokio_websockets::Error),
+    /// Transport or protocol error.
+    Error(WsError),
     /// We close with this code and reason.
     Close(u16, String),
     /// The socket stopped accepting writes; drop it without a close handshake.
     WriteStalled,
-}
-
-/// The socket, live inside tokio-websockets, or asleep without it.
-// One per connection, inside its boxed task state; boxing the live variant
-// would cost an allocation per wake-up for nothing.
-#[allow(clippy::large_enum_variant)]
-enum Sock<S> {
-    Live(WebSocketStream<S>),
-    /// Hibernating: the WebSocket layer (and its 8 KiB read buffer) was
-    /// dropped at a frame boundary; rebuilt on the next use.
-    Asleep(S),
-    /// Only while switching between the two.
-    Gone,
 }
 
 /// Frames and bytes of one written batch, by kind.
@@ -97,12 +84,12 @@ struct Heartbeat {
 }
 
 /// A connection with no frame read or written for this long drops its
-/// WebSocket layer until the socket is readable or something is queued.
+/// buffers and waits for the socket to be readable or something queued.
 const HIBERNATE_AFTER: Duration = Duration::from_secs(2);
 
 struct Conn<S> {
     shared: Arc<Shared>,
-    sock: Sock<S>,
+    ws: WsStream<S>,
     outbox: Arc<Outbox>,
     codec: Codec,
     subs: Vec<Pattern>,
@@ -129,12 +116,8 @@ struct Conn<S> {
 }
 
 /// Runs a `/ws` connection until it closes.
-pub async fn serve_ws<S>(
-    shared: Arc<Shared>,
-    ws: WebSocketStream<S>,
-    meta: ConnMeta,
-    slot: ConnSlot,
-) where
+pub async fn serve_ws<S>(shared: Arc<Shared>, ws: WsStream<S>, meta: ConnMeta, slot: ConnSlot)
+where
     S: AsyncRead + AsyncWrite + Unpin + Hibernate,
 {
     let id = slot.id;
@@ -157,7 +140,7 @@ pub async fn serve_ws<S>(
         ping_rtt_us: Default::default(),
     });
     let mut conn = Conn {
-        sock: Sock::Live(ws),
+        ws,
         codec: meta.codec,
         subs: Vec::new(),
         protocol_errors: 0,
@@ -242,44 +225,10 @@ pub async fn serve_ws<S>(
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
-    /// The live WebSocket stream, rebuilt first if the connection was asleep.
-    fn ws(&mut self) -> &mut WebSocketStream<S> {
-        if let Sock::Asleep(_) = self.sock {
-            let Sock::Asleep(stream) = std::mem::replace(&mut self.sock, Sock::Gone) else {
-                unreachable!("checked above")
-            };
-            self.sock = Sock::Live(crate::server::ws_builder(&self.shared.config).serve(stream));
-        }
-        match &mut self.sock {
-            Sock::Live(ws) => ws,
-            _ => unreachable!("the socket is live or asleep outside of hibernate()"),
-        }
-    }
-
-    /// Drops the WebSocket layer if that loses nothing: no partial frame
-    /// read, no decoded frame waiting, nothing left to flush or queued.
-    /// A frame found waiting is handed back to be processed instead.
-    fn try_hibernate(&mut self) -> Result<bool, Option<Result<Message, tokio_websockets::Error>>> {
-        let Sock::Live(ws) = &mut self.sock else {
-            return Ok(false);
-        };
-        if !ws.get_ref().can_hibernate() || self.outbox.depth().0 > 0 {
-            return Ok(false);
-        }
-        if let Some(frame) = futures_util::FutureExt::now_or_never(ws.next()) {
-            return Err(frame);
-        }
-        if !matches!(
-            futures_util::FutureExt::now_or_never(ws.flush()),
-            Some(Ok(()))
-        ) {
-            return Ok(false);
-        }
-        let Sock::Live(ws) = std::mem::replace(&mut self.sock, Sock::Gone) else {
-            unreachable!("matched above")
-        };
-        self.sock = Sock::Asleep(ws.into_inner());
-        Ok(true)
+    /// Frees the connection's buffers if that loses nothing: no partial
+    /// frame read, nothing left to flush or queued.
+    fn try_hibernate(&mut self) -> bool {
+        self.outbox.depth().0 == 0 && self.ws.get_ref().can_hibernate() && self.ws.release_buffers()
     }
 
     async fn run(&mut self, hb: &crate::config::HeartbeatConfig) -> End {
@@ -367,39 +316,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 }
                 last_activity = Instant::now();
             }
-            if std::mem::take(&mut hibernate) {
-                match self.try_hibernate() {
-                    Ok(true) => {
-                        let m = &self.shared.metrics;
-                        m.hibernated();
-                        m.hibernating.fetch_add(1, Relaxed);
-                        let Sock::Asleep(stream) = &self.sock else {
-                            unreachable!("try_hibernate put the socket to sleep")
-                        };
-                        tokio::select! {
-                            biased;
-                            _ = &mut timer => {}
-                            _ = self.outbox.ready() => outbox_signaled = true,
-                            _ = stream.readable() => {}
-                        }
-                        m.hibernating.fetch_sub(1, Relaxed);
-                        // The stream is rebuilt by the next `self.ws()`.
-                        last_activity = Instant::now();
-                        continue;
-                    }
-                    Ok(false) => {}
-                    Err(frame) => {
-                        last_activity = Instant::now();
-                        if let Some(end) = Box::pin(self.on_frame(frame, &mut beat)).await {
-                            return end;
-                        }
-                    }
+            if std::mem::take(&mut hibernate) && self.try_hibernate() {
+                let m = &self.shared.metrics;
+                m.hibernated();
+                m.hibernating.fetch_add(1, Relaxed);
+                tokio::select! {
+                    biased;
+                    _ = &mut timer => {}
+                    _ = self.outbox.ready() => outbox_signaled = true,
+                    _ = self.ws.get_ref().readable() => {}
                 }
+                m.hibernating.fetch_sub(1, Relaxed);
+                last_activity = Instant::now();
+                continue;
             }
-            self.ws();
-            let Sock::Live(ws) = &mut self.sock else {
-                unreachable!("ws() made the socket live")
-            };
+            let ws = &mut self.ws;
             let outbox = &self.outbox;
             tokio::select! {
                 biased;
@@ -444,7 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                             beat.counter += 1;
                             beat.sent = now;
                             let payload = Bytes::copy_from_slice(&beat.counter.to_be_bytes());
-                            if let Err(end) = self.send_control(Message::ping(payload)).await {
+                            if let Err(end) = self.send_ping(payload).await {
                                 return end;
                             }
                             beat.pong_deadline = Some(now + hb.pong_timeout);
@@ -471,7 +402,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
     /// Handles what the WebSocket stream yielded. Returns `Some` to end the connection.
     async fn on_frame(
         &mut self,
-        frame: Option<Result<Message, tokio_websockets::Error>>,
+        frame: Option<Result<Message, WsError>>,
         beat: &mut Heartbeat,
     ) -> Option<End> {
         let msg = match frame {
@@ -479,18 +410,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             Some(Err(e)) => return Some(End::Error(e)),
             Some(Ok(msg)) => msg,
         };
-        let len = msg.as_payload().len() as u64;
+        let (binary, payload) = match &msg {
+            Message::Text(b) => (Some(false), b.clone()),
+            Message::Binary(b) => (Some(true), b.clone()),
+            Message::Ping(b) | Message::Pong(b) => (None, b.clone()),
+            Message::Close(_) => (None, Bytes::new()),
+        };
+        let len = payload.len() as u64;
         // The first frame ends the silent-connection check (the timer may
         // still fire at the old deadline and then finds nothing due).
         self.silent_deadline = None;
         self.info.messages_in.fetch_add(1, Relaxed);
         self.info.bytes_in.fetch_add(len, Relaxed);
-        if !(msg.is_text() || msg.is_binary()) {
+        if binary.is_none() {
             // Data frames are counted once decoded, by op.
             self.shared.metrics.received(self.codec, Kind::Control, len);
         }
-        if msg.is_pong() {
-            if msg.as_payload()[..] == beat.counter.to_be_bytes() && beat.pong_deadline.is_some() {
+        if let Message::Pong(p) = &msg {
+            if p[..] == beat.counter.to_be_bytes() && beat.pong_deadline.is_some() {
                 // The timer may still fire at the old pong deadline; it then finds nothing due.
                 beat.pong_deadline = None;
                 let rtt = beat.sent.elapsed().as_micros() as u64;
@@ -499,11 +436,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 m.observe(&m.ping_rtt, rtt);
             }
             None
-        } else if let Some((code, _)) = msg.as_close() {
-            Some(End::ClientClosed(Some(u16::from(code))))
-        } else if msg.is_text() || msg.is_binary() {
-            self.handle_frame(&msg).await
+        } else if let Message::Close(c) = &msg {
+            // A close without a code is reported as 1005 (RFC 6455 §7.1.5).
+            Some(End::ClientClosed(Some(
+                c.as_ref().map_or(1005, |(code, _)| *code),
+            )))
+        } else if let Some(binary) = binary {
+            self.handle_frame(binary, &payload).await
         } else {
+            // Pings are answered by the WebSocket layer.
             None
         }
     }
@@ -538,10 +479,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             }
             let n = self.batch.len() as u64;
             let binary = self.codec.is_binary();
-            self.ws();
-            let Sock::Live(ws) = &mut self.sock else {
-                unreachable!("ws() made the socket live")
-            };
+            let ws = &mut self.ws;
             let batch = &mut self.batch;
             let outbox = &self.outbox;
             let metrics = &self.shared.metrics;
@@ -565,36 +503,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     tally.control_bytes += len;
                 }
             }
-            let write = async {
-                for item in batch.drain(..) {
-                    let m = if binary {
-                        Message::binary(item.frame)
-                    } else {
-                        Message::text(item.frame)
-                    };
-                    ws.feed(m).await?;
-                }
-                ws.flush().await
-            };
-            tokio::pin!(write);
+            for item in batch.drain(..) {
+                ws.queue_data(binary, item.frame, None);
+            }
             // Fast path: the socket usually takes the whole batch at once, and
             // then no timer is armed — arming one per write would cost two
             // timer-wheel operations per delivery.
-            let result = match futures_util::FutureExt::now_or_never(&mut write) {
-                Some(r) => r,
-                None => {
-                    let stall = sleep_until(Instant::now() + write_timeout);
-                    tokio::pin!(stall);
-                    loop {
-                        tokio::select! {
-                            r = &mut write => break r,
-                            _ = &mut stall => {
-                                self.shared.metrics.write_timeout();
-                                return Err(End::WriteStalled);
-                            }
-                            _ = outbox.ready() => {
-                                if outbox.is_closed() {
-                                    return Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer".into()));
+            let result = {
+                let write = ws.flush();
+                tokio::pin!(write);
+                match futures_util::FutureExt::now_or_never(&mut write) {
+                    Some(r) => r,
+                    None => {
+                        let stall = sleep_until(Instant::now() + write_timeout);
+                        tokio::pin!(stall);
+                        loop {
+                            tokio::select! {
+                                r = &mut write => break r,
+                                _ = &mut stall => {
+                                    self.shared.metrics.write_timeout();
+                                    return Err(End::WriteStalled);
+                                }
+                                _ = outbox.ready() => {
+                                    if outbox.is_closed() {
+                                        return Err(End::Close(close_code::SLOW_CONSUMER, "slow consumer".into()));
+                                    }
                                 }
                             }
                         }
@@ -603,6 +536,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             };
             match result {
                 Ok(()) => {
+                    if self.ws.compressing() {
+                        self.shared.metrics.deflated(self.ws.take_tally());
+                    }
                     self.outbox.sent_frames.fetch_add(n, Relaxed);
                     self.info
                         .bytes_out
@@ -626,18 +562,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                         self.lag_ts = lag_ts;
                     }
                 }
-                Err(e) => return Err(End::Error(e)),
+                Err(e) => return Err(End::Error(e.into())),
             }
         }
     }
 
-    async fn send_control(&mut self, msg: Message) -> Result<(), End> {
+    async fn send_ping(&mut self, payload: Bytes) -> Result<(), End> {
         let timeout = self.shared.config.server.write_timeout;
-        let len = msg.as_payload().len() as u64;
+        let len = payload.len() as u64;
         self.shared.metrics.sent(self.codec, Kind::Control, 1, len);
-        match tokio::time::timeout(timeout, self.ws().send(msg)).await {
+        self.ws.queue_ping(payload);
+        match tokio::time::timeout(timeout, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Error(e)),
+            Ok(Err(e)) => Err(End::Error(e.into())),
             Err(_) => {
                 self.shared.metrics.write_timeout();
                 Err(End::WriteStalled)
@@ -650,8 +587,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
     async fn finish(&mut self, end: End) -> (u16, Initiator, String) {
         match end {
             End::ClientClosed(code) => {
-                // tokio-websockets queued the echo of the client's close; flush it.
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws().flush()).await;
+                // The WebSocket layer queued the echo of the client's close; flush it.
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.flush()).await;
                 match code {
                     Some(c) => (c, Initiator::Client, "client closed".into()),
                     None => (
@@ -664,37 +601,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             End::Error(e) => {
                 let m = &self.shared.metrics;
                 let code = match &e {
-                    tokio_websockets::Error::PayloadTooLong { .. } => {
-                        m.frame_error(FrameError::Oversize);
-                        close_code::MESSAGE_TOO_BIG
-                    }
-                    tokio_websockets::Error::Protocol(p) => {
-                        let code = protocol_close_code(p);
-                        m.frame_error(if code == close_code::INVALID_PAYLOAD {
-                            FrameError::InvalidUtf8
-                        } else {
-                            FrameError::ProtocolViolation
+                    WsError::Protocol(p) => {
+                        let code = p.close_code();
+                        m.frame_error(match code {
+                            close_code::MESSAGE_TOO_BIG => FrameError::Oversize,
+                            close_code::INVALID_PAYLOAD => FrameError::InvalidUtf8,
+                            _ => FrameError::ProtocolViolation,
                         });
                         code
                     }
-                    _ => 1006,
+                    WsError::Io(_) => 1006,
                 };
                 let reason = e.to_string();
-                // tokio-websockets queues a close frame for most protocol
-                // errors, but not for every one (a fragmented message that
-                // grows past the limit): send ours; if one is already on its
-                // way, the stream refuses a second and nothing more is written.
-                let close = (code != 1006)
-                    .then(|| CloseCode::try_from(code).ok())
-                    .flatten();
-                let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                    let _ = self.ws().flush().await;
-                    if let Some(close) = close {
-                        let _ = self.ws().send(Message::close(Some(close), &reason)).await;
-                    }
-                    while let Some(Ok(_)) = self.ws().next().await {}
-                })
-                .await;
+                if code != 1006 {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                        if self.ws.send_close(Some(code), &reason).await.is_ok() {
+                            // Read (and discard) until the client closes its side.
+                            while let Some(Ok(_)) = self.ws.next().await {}
+                        }
+                    })
+                    .await;
+                }
                 let who = if code == 1006 {
                     Initiator::Abnormal
                 } else {
@@ -703,19 +630,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 (code, who, reason)
             }
             End::Close(code, reason) => {
-                let close = CloseCode::try_from(code).unwrap_or(CloseCode::GOING_AWAY);
                 // Replies already queued (e.g. the error that triggered a 1008)
                 // go out before the close frame; a closed outbox has none.
                 let _ = tokio::time::timeout(CLOSE_GRACE, self.write_queued()).await;
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                    if self
-                        .ws()
-                        .send(Message::close(Some(close), &reason))
-                        .await
-                        .is_ok()
-                    {
+                    if self.ws.send_close(Some(code), &reason).await.is_ok() {
                         // Wait for the client's close reply so the TCP close is clean.
-                        while let Some(Ok(_)) = self.ws().next().await {}
+                        while let Some(Ok(_)) = self.ws.next().await {}
                     }
                 })
                 .await;
@@ -730,8 +651,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
     }
 
     /// Handles one data frame from the client. Returns `Some` to end the connection.
-    async fn handle_frame(&mut self, msg: &Message) -> Option<End> {
-        if msg.is_binary() != self.codec.is_binary() {
+    async fn handle_frame(&mut self, binary: bool, payload: &Bytes) -> Option<End> {
+        if binary != self.codec.is_binary() {
             let want = if self.codec.is_binary() {
                 "binary (pulsegate.v1.msgpack)"
             } else {
@@ -739,7 +660,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             };
             self.shared
                 .metrics
-                .received(self.codec, Kind::Control, msg.as_payload().len() as u64);
+                .received(self.codec, Kind::Control, payload.len() as u64);
             return self.protocol_error(
                 None,
                 FrameError::WrongFrameType,
@@ -747,8 +668,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 format!("this connection expects {want} frames"),
             );
         }
-        let len = msg.as_payload().len() as u64;
-        let frame = match self.codec.decode(&msg.as_payload()[..]) {
+        let len = payload.len() as u64;
+        let frame = match self.codec.decode(&payload[..]) {
             Ok(f) => f,
             Err(DecodeError { kind, id, message }) => {
                 use pulsegate_proto::DecodeErrorKind as K;
@@ -1131,28 +1052,35 @@ fn hub_error_code(e: &HubError) -> ErrorCode {
     }
 }
 
-fn protocol_close_code(e: &tokio_websockets::proto::ProtocolError) -> u16 {
-    use tokio_websockets::proto::ProtocolError as P;
-    match e {
-        P::InvalidUtf8 => close_code::INVALID_PAYLOAD,
-        _ => close_code::PROTOCOL_ERROR,
-    }
-}
-
-/// Runs a `/echo` connection: every text or binary message is sent back.
-pub async fn serve_echo<S>(mut ws: WebSocketStream<S>, slot: ConnSlot)
+/// Runs a `/echo` connection: every text or binary message is sent back,
+/// compressed whatever its size when the client negotiated compression
+/// (so the conformance run exercises the compressor).
+pub async fn serve_echo<S>(mut ws: WsStream<S>, slot: ConnSlot)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     while let Some(msg) = ws.next().await {
         match msg {
-            Ok(m) if m.is_text() || m.is_binary() => {
-                if ws.send(m).await.is_err() {
-                    break;
-                }
+            Ok(Message::Text(b)) => ws.queue_data(false, b, Some(0)),
+            Ok(Message::Binary(b)) => ws.queue_data(true, b, Some(0)),
+            Ok(_) => continue,
+            Err(WsError::Protocol(p)) => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    if ws
+                        .send_close(Some(p.close_code()), &p.to_string())
+                        .await
+                        .is_ok()
+                    {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                })
+                .await;
+                break;
             }
-            Ok(_) => {}
-            Err(_) => break,
+            Err(WsError::Io(_)) => break,
+        }
+        if ws.flush().await.is_err() {
+            break;
         }
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;

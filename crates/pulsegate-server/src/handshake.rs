@@ -5,7 +5,7 @@
 //! life of an upgraded connection, which multiplies idle memory per
 //! connection (see docs/ARCHITECTURE.md). Here the head is read into a
 //! small buffer that is freed before the connection goes live, and the
-//! socket is handed to tokio-websockets directly.
+//! socket is handed to our own framing ([`crate::ws`]) directly.
 
 use std::net::SocketAddr;
 
@@ -41,6 +41,8 @@ pub struct RequestHead {
     pub ws_version: Option<String>,
     /// `Sec-WebSocket-Protocol` entries, in order.
     pub protocols: Vec<String>,
+    /// `Sec-WebSocket-Extensions` header values, in order.
+    pub extensions: Vec<String>,
     /// `Authorization` (a secret: never logged).
     pub authorization: Option<crate::config::Secret>,
     /// `Cookie` (may carry the dashboard's admin cookie; never logged).
@@ -150,6 +152,8 @@ fn head_from(req: &httparse::Request<'_, '_>) -> RequestHead {
             head.ws_key = Some(value);
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value);
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            head.extensions.push(value);
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             head.protocols.extend(
                 value
@@ -214,6 +218,7 @@ pub async fn write_101<S: AsyncWrite + Unpin>(
     stream: &mut S,
     key: &str,
     protocol: Option<&str>,
+    extensions: Option<&str>,
 ) -> std::io::Result<()> {
     let mut resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
@@ -222,6 +227,11 @@ pub async fn write_101<S: AsyncWrite + Unpin>(
     if let Some(p) = protocol {
         resp.push_str("Sec-WebSocket-Protocol: ");
         resp.push_str(p);
+        resp.push_str("\r\n");
+    }
+    if let Some(e) = extensions {
+        resp.push_str("Sec-WebSocket-Extensions: ");
+        resp.push_str(e);
         resp.push_str("\r\n");
     }
     resp.push_str("\r\n");

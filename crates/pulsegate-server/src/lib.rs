@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod ws;
 
 pub use config::Config;
 pub use server::{start, Running};

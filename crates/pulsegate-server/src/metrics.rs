@@ -418,6 +418,9 @@ pub struct Metrics {
     frame_errors: Counters<7>,
     /// pong timeouts, write timeouts, hibernations.
     misc: Counters<3>,
+    /// permessage-deflate: [negotiated connections, messages compressed,
+    /// their bytes before, their bytes after, compressions performed].
+    deflate: Counters<5>,
     /// Connections hibernating now.
     pub hibernating: AtomicUsize,
 }
@@ -455,6 +458,7 @@ impl Metrics {
             publish_errors: Counters::default(),
             frame_errors: Counters::default(),
             misc: Counters::default(),
+            deflate: Counters::default(),
             hibernating: AtomicUsize::new(0),
         }
     }
@@ -633,6 +637,27 @@ impl Metrics {
     /// Hibernations in total.
     pub fn hibernations(&self) -> u64 {
         self.misc.get(2)
+    }
+
+    /// Counts a connection that negotiated permessage-deflate.
+    pub fn deflate_negotiated(&self) {
+        self.deflate.add(0, 1);
+    }
+
+    /// Adds what a connection sent compressed.
+    pub fn deflated(&self, t: crate::ws::DeflateTally) {
+        if t.messages > 0 {
+            self.deflate.add(1, t.messages);
+            self.deflate.add(2, t.raw_bytes);
+            self.deflate.add(3, t.wire_bytes);
+            self.deflate.add(4, t.compressions);
+        }
+    }
+
+    /// permessage-deflate counters: negotiated connections, messages
+    /// compressed, bytes before, bytes after, compressions performed.
+    pub fn deflate_counts(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.deflate.get(i))
     }
 }
 
@@ -1126,6 +1151,36 @@ impl Collector for ServerCollector {
             COUNTER,
             m.hibernations() as f64,
         )?;
+        let [negotiated, messages, raw, wire, compressions] = m.deflate_counts();
+        for (name, help, v) in [
+            (
+                "pulsegate_deflate_connections",
+                "Connections that negotiated permessage-deflate.",
+                negotiated,
+            ),
+            (
+                "pulsegate_deflate_messages",
+                "Messages sent compressed (at least compression.threshold bytes).",
+                messages,
+            ),
+            (
+                "pulsegate_deflate_raw_bytes",
+                "Size of the messages sent compressed, before compression.",
+                raw,
+            ),
+            (
+                "pulsegate_deflate_wire_bytes",
+                "Size of the messages sent compressed, as written (payload).",
+                wire,
+            ),
+            (
+                "pulsegate_deflate_compressions",
+                "Compressions performed; the other compressed sends reused a shared result.",
+                compressions,
+            ),
+        ] {
+            e.one(name, help, None, COUNTER, v as f64)?;
+        }
         e.one(
             "pulsegate_hibernating_connections",
             "Connections hibernating now.",

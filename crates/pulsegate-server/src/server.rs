@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::ws::WsStream;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use pulsegate_core::{Hub, HubConfig};
@@ -18,7 +19,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tokio_websockets::{Config as WsConfig, Limits, ServerBuilder, WebSocketStream};
 
 use crate::config::Config;
 use crate::conn::{serve_echo, serve_ws, ConnMeta};
@@ -387,9 +387,9 @@ async fn handle_tls(
 /// What a connection becomes once its request head was read.
 enum Next<S> {
     /// A `/ws` connection of our protocol.
-    Ws(WebSocketStream<Prefixed<S>>, ConnMeta, ConnSlot),
+    Ws(WsStream<Prefixed<S>>, ConnMeta, ConnSlot),
     /// A `/echo` connection.
-    Echo(WebSocketStream<Prefixed<S>>, ConnSlot),
+    Echo(WsStream<Prefixed<S>>, ConnSlot),
     /// Plain HTTP, served by hyper (peer, verified client certificate).
     Http(Prefixed<S>, SocketAddr, bool),
     /// Already answered (refused) or failed.
@@ -607,11 +607,29 @@ where
         Codec::negotiate(head.protocols.iter().map(String::as_str))
     };
     let key = head.ws_key.clone().unwrap_or_default();
-    if handshake::write_101(&mut stream, &key, protocol)
-        .await
-        .is_err()
+    let z = &shared.config.compression;
+    let deflate = z
+        .enabled
+        .then(|| pulsegate_ws::deflate::negotiate(head.extensions.iter().map(String::as_str)))
+        .flatten();
+    if handshake::write_101(
+        &mut stream,
+        &key,
+        protocol,
+        deflate.as_ref().map(|(_, response)| response.as_str()),
+    )
+    .await
+    .is_err()
     {
         return Next::Done;
+    }
+    let deflate = deflate.map(|(params, _)| crate::ws::Deflate {
+        params,
+        threshold: z.threshold,
+        level: z.level,
+    });
+    if deflate.is_some() {
+        shared.metrics.deflate_negotiated();
     }
     shared.metrics.accepted(echo);
     let handshake_us = accepted_at.elapsed().as_micros() as u64;
@@ -619,11 +637,11 @@ where
         .metrics
         .observe(&shared.metrics.handshake, handshake_us);
     let rest = handshake::split_rest(buf, head_len);
-    let ws = if echo {
-        ws_builder(&shared.config).serve(Prefixed::new(rest, stream))
-    } else {
-        ws_builder(&shared.config).serve(Prefixed::tracking_frames(rest, stream))
-    };
+    let ws = WsStream::new(
+        Prefixed::new(rest, stream),
+        shared.config.limits.max_message_bytes,
+        deflate,
+    );
     if echo {
         Next::Echo(ws, slot)
     } else {
@@ -645,14 +663,6 @@ where
         };
         Next::Ws(ws, meta, slot)
     }
-}
-
-/// The WebSocket layer's settings: `limits.max_message_bytes`, and a flush
-/// threshold above our batch size so a batch leaves in one write.
-pub(crate) fn ws_builder(config: &Config) -> ServerBuilder {
-    ServerBuilder::new()
-        .limits(Limits::default().max_payload_len(Some(config.limits.max_message_bytes)))
-        .config(WsConfig::default().flush_threshold(512 * 1024))
 }
 
 async fn serve_http<S>(shared: Arc<Shared>, io: Prefixed<S>, peer: SocketAddr, client_cert: bool)

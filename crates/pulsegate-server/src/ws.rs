@@ -1,0 +1,435 @@
+//! One WebSocket connection's bytes: reads frames through
+//! [`pulsegate_ws::Decoder`], writes queued frames in one vectored write,
+//! answers pings and closes, and compresses large messages once for all
+//! subscribers when permessage-deflate was negotiated.
+//!
+//! Memory: the read buffer is allocated while bytes are being read and
+//! released by [`WsStream::release_buffers`] when the connection goes idle;
+//! the write queue likewise. A connection that negotiated compression holds
+//! no compressor (compression is per message, with a per-thread
+//! compressor) and an inflate state only if the client compresses with
+//! context takeover.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use pulsegate_ws::deflate::Params;
+use pulsegate_ws::{header, Decoder, Header, Message, OpCode, ProtocolError};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Bytes read per `read` call when no larger frame is pending.
+const READ_CHUNK: usize = 4096;
+/// Control replies (pongs) queued beyond this stop reading from the
+/// client until they are written: a ping flood cannot grow our memory.
+const MAX_PENDING_CONTROL: usize = 64 * 1024;
+/// At most this many buffers per vectored write (Linux IOV_MAX is 1024).
+const MAX_IOV: usize = 512;
+/// Without vectored writes (TLS), frames are copied into one buffer of up to this size.
+const COALESCE: usize = 64 * 1024;
+
+/// What went wrong on the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WsError {
+    /// The client broke RFC 6455 (or our message size limit).
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Compression negotiated for this connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Deflate {
+    /// Agreed parameters.
+    pub params: Params,
+    /// Messages shorter than this are sent uncompressed.
+    pub threshold: usize,
+    /// zlib level (1–9).
+    pub level: u32,
+}
+
+/// Compression counters of one connection since the last take.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeflateTally {
+    /// Messages sent compressed.
+    pub messages: u64,
+    /// Their size before compression.
+    pub raw_bytes: u64,
+    /// Their size on the wire (payload).
+    pub wire_bytes: u64,
+    /// Compressions this connection performed (the rest were shared).
+    pub compressions: u64,
+}
+
+/// A server-side WebSocket connection over `S`.
+pub struct WsStream<S> {
+    io: S,
+    rbuf: BytesMut,
+    decoder: Decoder,
+    /// Frames to write, in order; `written` bytes of the first are out.
+    queue: VecDeque<(Header, Bytes)>,
+    written: usize,
+    queued_bytes: usize,
+    /// Queued pong/close bytes not yet written (for the ping-flood bound).
+    control_bytes: usize,
+    deflate: Option<Deflate>,
+    tally: DeflateTally,
+    close_sent: bool,
+    /// No more frames will be read: close received, EOF, or a protocol error.
+    read_done: bool,
+    /// After a protocol error: discard what the client still sends until EOF.
+    discarding: bool,
+    scratch: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
+    /// Wraps a socket whose handshake is done. `max_message` bounds a
+    /// message (inflated, when compressed).
+    pub fn new(io: S, max_message: usize, deflate: Option<Deflate>) -> Self {
+        WsStream {
+            io,
+            rbuf: BytesMut::new(),
+            decoder: Decoder::new(max_message, deflate.map(|d| d.params.inflater())),
+            queue: VecDeque::new(),
+            written: 0,
+            queued_bytes: 0,
+            control_bytes: 0,
+            deflate,
+            tally: DeflateTally::default(),
+            close_sent: false,
+            read_done: false,
+            discarding: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// Whether permessage-deflate is on.
+    pub fn compressing(&self) -> bool {
+        self.deflate.is_some()
+    }
+
+    /// True when nothing is buffered in either direction and no message is
+    /// half read: the connection can drop its buffers and sleep.
+    pub fn is_idle(&self) -> bool {
+        self.rbuf.is_empty() && self.decoder.is_idle() && self.queue.is_empty()
+    }
+
+    /// Frees the read buffer and the write queue's storage if idle.
+    pub fn release_buffers(&mut self) -> bool {
+        if !self.is_idle() {
+            return false;
+        }
+        self.rbuf = BytesMut::new();
+        self.queue = VecDeque::new();
+        self.scratch = Vec::new();
+        true
+    }
+
+    /// Compression counters since the last call.
+    pub fn take_tally(&mut self) -> DeflateTally {
+        std::mem::take(&mut self.tally)
+    }
+
+    /// Queues a data message (text or binary), compressed when negotiated
+    /// and at least the threshold; `threshold` overrides the configured one.
+    pub fn queue_data(&mut self, binary: bool, payload: Bytes, threshold: Option<usize>) {
+        if self.close_sent {
+            return;
+        }
+        let opcode = if binary { OpCode::Binary } else { OpCode::Text };
+        match self.deflate {
+            Some(d) if payload.len() >= threshold.unwrap_or(d.threshold) => {
+                let (wire, fresh) = shared_compress(&payload, d.params.server_window_bits, d.level);
+                self.tally.messages += 1;
+                self.tally.raw_bytes += payload.len() as u64;
+                self.tally.wire_bytes += wire.len() as u64;
+                self.tally.compressions += u64::from(fresh);
+                self.push(header(opcode, true, true, wire.len()), wire, false);
+            }
+            _ => self.push(header(opcode, true, false, payload.len()), payload, false),
+        }
+    }
+
+    /// Queues a ping.
+    pub fn queue_ping(&mut self, payload: Bytes) {
+        if !self.close_sent {
+            self.push(
+                header(OpCode::Ping, true, false, payload.len()),
+                payload,
+                true,
+            );
+        }
+    }
+
+    /// Queues our close frame (once); later data is not sent.
+    pub fn queue_close(&mut self, code: Option<u16>, reason: &str) {
+        if self.close_sent {
+            return;
+        }
+        self.close_sent = true;
+        let payload = match code {
+            Some(c) => {
+                // A reason is at most 123 bytes, cut at a character boundary.
+                let mut end = reason.len().min(123);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let mut p = Vec::with_capacity(2 + end);
+                p.extend_from_slice(&c.to_be_bytes());
+                p.extend_from_slice(&reason.as_bytes()[..end]);
+                Bytes::from(p)
+            }
+            None => Bytes::new(),
+        };
+        self.push(
+            header(OpCode::Close, true, false, payload.len()),
+            payload,
+            true,
+        );
+    }
+
+    /// Whether our close frame was queued.
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    fn push(&mut self, h: Header, payload: Bytes, control: bool) {
+        let n = h.as_bytes().len() + payload.len();
+        self.queued_bytes += n;
+        if control {
+            self.control_bytes += n;
+        }
+        self.queue.push_back((h, payload));
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Queues a data message and flushes.
+    pub async fn send_close(&mut self, code: Option<u16>, reason: &str) -> io::Result<()> {
+        self.queue_close(code, reason);
+        self.flush().await
+    }
+
+    /// The next message from the client; `None` once the connection is
+    /// closed (close frame answered, EOF, or after a protocol error the
+    /// client's remaining bytes were discarded).
+    pub async fn next(&mut self) -> Option<Result<Message, WsError>> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
+        // Replies queued by earlier frames go out before more is read; if
+        // the client does not read them, stop reading it.
+        if !self.queue.is_empty() {
+            if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            if self.control_bytes > MAX_PENDING_CONTROL {
+                return Poll::Pending;
+            }
+        }
+        loop {
+            if self.read_done && !self.discarding {
+                return Poll::Ready(None);
+            }
+            if !self.discarding {
+                match self.decoder.decode(&mut self.rbuf) {
+                    Ok(Some(msg)) => return Poll::Ready(Some(Ok(self.on_message(msg)))),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.read_done = true;
+                        self.discarding = true;
+                        self.rbuf = BytesMut::new();
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+            } else {
+                self.rbuf.clear();
+            }
+            let want = self
+                .decoder
+                .need()
+                .saturating_sub(self.rbuf.len())
+                .max(READ_CHUNK);
+            self.rbuf.reserve(want);
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.rbuf
+            )) {
+                Ok(0) => {
+                    self.read_done = true;
+                    self.discarding = false;
+                    self.rbuf = BytesMut::new();
+                    return Poll::Ready(None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.read_done = true;
+                    self.discarding = false;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    /// Answers pings and closes as RFC 6455 requires.
+    fn on_message(&mut self, msg: Message) -> Message {
+        match &msg {
+            Message::Ping(p) if !self.close_sent => {
+                self.push(header(OpCode::Pong, true, false, p.len()), p.clone(), true);
+            }
+            Message::Close(c) => {
+                self.read_done = true;
+                // Echo the code (RFC 6455 §5.5.1); 1005 never goes on the wire.
+                self.queue_close(c.as_ref().map(|(code, _)| *code), "");
+                self.rbuf = BytesMut::new();
+            }
+            _ => {}
+        }
+        msg
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.queue.is_empty() {
+            let n = if self.io.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut k = 0;
+                let mut skip = self.written;
+                'fill: for (h, p) in &self.queue {
+                    for part in [h.as_bytes(), &p[..]] {
+                        if skip >= part.len() {
+                            skip -= part.len();
+                            continue;
+                        }
+                        slices[k] = IoSlice::new(&part[skip..]);
+                        skip = 0;
+                        k += 1;
+                        if k == MAX_IOV {
+                            break 'fill;
+                        }
+                    }
+                }
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k]))?
+            } else {
+                if self.scratch.is_empty() {
+                    let mut skip = self.written;
+                    'copy: for (h, p) in &self.queue {
+                        for part in [h.as_bytes(), &p[..]] {
+                            if skip >= part.len() {
+                                skip -= part.len();
+                                continue;
+                            }
+                            self.scratch.extend_from_slice(&part[skip..]);
+                            skip = 0;
+                            if self.scratch.len() >= COALESCE {
+                                break 'copy;
+                            }
+                        }
+                    }
+                }
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.scratch))?;
+                self.scratch.drain(..n);
+                n
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Drops `n` written bytes from the front of the queue.
+    fn advance(&mut self, mut n: usize) {
+        self.queued_bytes -= n;
+        while n > 0 {
+            let (h, p) = self.queue.front().expect("written bytes were queued");
+            let frame = h.as_bytes().len() + p.len();
+            let left = frame - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            let control = matches!(h.as_bytes()[0] & 0x0f, 8..=10);
+            if control {
+                self.control_bytes = self.control_bytes.saturating_sub(frame);
+            }
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// Compressed payloads of recent messages, per worker thread, keyed by the
+/// identity of the encoded frame the hub shares among subscribers. The
+/// original is kept alive, so its address cannot be reused while cached.
+struct CacheEntry {
+    original: Bytes,
+    bits: u8,
+    level: u32,
+    compressed: Bytes,
+}
+
+const CACHE_ENTRIES: usize = 64;
+/// Bytes of originals and compressed forms a thread's cache may hold.
+const CACHE_BYTES: usize = 4 << 20;
+
+#[derive(Default)]
+struct Cache {
+    entries: VecDeque<CacheEntry>,
+    bytes: usize,
+}
+
+thread_local! {
+    static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::default());
+}
+
+/// The compressed form of `payload`: from this thread's cache when the same
+/// frame (same allocation) was compressed recently, else compressed now.
+/// Returns whether a compression was performed.
+fn shared_compress(payload: &Bytes, bits: u8, level: u32) -> (Bytes, bool) {
+    CACHE.with(|c| {
+        let cache = &mut *c.borrow_mut();
+        if let Some(e) = cache.entries.iter().find(|e| {
+            e.original.as_ptr() == payload.as_ptr()
+                && e.original.len() == payload.len()
+                && e.bits == bits
+                && e.level == level
+        }) {
+            return (e.compressed.clone(), false);
+        }
+        let compressed = pulsegate_ws::deflate::compress(payload, bits, level);
+        let size = payload.len() + compressed.len();
+        if size <= CACHE_BYTES {
+            while cache.entries.len() >= CACHE_ENTRIES || cache.bytes + size > CACHE_BYTES {
+                let Some(old) = cache.entries.pop_front() else {
+                    break;
+                };
+                cache.bytes -= old.original.len() + old.compressed.len();
+            }
+            cache.bytes += size;
+            cache.entries.push_back(CacheEntry {
+                original: payload.clone(),
+                bits,
+                level,
+                compressed: compressed.clone(),
+            });
+        }
+        (compressed, true)
+    })
+}
