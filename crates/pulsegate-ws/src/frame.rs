@@ -181,6 +181,12 @@ pub struct Decoder {
     inflater: Option<Inflater>,
     partial: Option<Partial>,
     need: usize,
+    /// Of the frame at the front of the buffer (incomplete): payload bytes
+    /// already unmasked in place, and how many of them are known valid
+    /// UTF-8 (uncompressed text only; lets invalid text fail before the
+    /// whole frame has arrived).
+    peek_unmasked: usize,
+    peek_valid: usize,
     /// Frames arrive masked: true on the server side.
     masked: bool,
 }
@@ -194,6 +200,8 @@ impl Decoder {
             inflater,
             partial: None,
             need: 0,
+            peek_unmasked: 0,
+            peek_valid: 0,
             masked: true,
         }
     }
@@ -302,17 +310,21 @@ impl Decoder {
             }
             let head = 2 + len_bytes + if self.masked { 4 } else { 0 };
             let total = head + len as usize;
+            let mask = (self.masked && src.len() >= head)
+                .then(|| [src[head - 4], src[head - 3], src[head - 2], src[head - 1]]);
             if src.len() < total {
                 self.need = total;
+                if src.len() > head {
+                    self.check_text_early(opcode, rsv1, &mut src[head..], mask)?;
+                }
                 return Ok(None);
             }
-            let mask = self
-                .masked
-                .then(|| [src[head - 4], src[head - 3], src[head - 2], src[head - 1]]);
+            let done = std::mem::take(&mut self.peek_unmasked);
+            self.peek_valid = 0;
             src.advance(head);
             let mut payload = src.split_to(len as usize);
             if let Some(mask) = mask {
-                unmask(&mut payload, mask);
+                unmask(&mut payload[done..], rotate(mask, done));
             }
             self.need = 0;
             match opcode {
@@ -326,6 +338,40 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// Validates the UTF-8 of the part of an uncompressed text frame that
+    /// has arrived, unmasking it in place, so a client sending invalid text
+    /// in one large frame is refused at the first bad byte (Autobahn 6.4.3).
+    /// Done only when no earlier fragment ends inside a character.
+    fn check_text_early(
+        &mut self,
+        opcode: OpCode,
+        rsv1: bool,
+        arrived: &mut [u8],
+        mask: Option<[u8; 4]>,
+    ) -> Result<(), ProtocolError> {
+        let text = match (opcode, &self.partial) {
+            (OpCode::Text, _) => !rsv1,
+            (OpCode::Continuation, Some(p)) => {
+                p.text && !p.compressed && p.utf8_valid == p.buf.len()
+            }
+            _ => false,
+        };
+        if !text {
+            return Ok(());
+        }
+        let from = self.peek_unmasked;
+        if let Some(mask) = mask {
+            unmask(&mut arrived[from..], rotate(mask, from));
+        }
+        self.peek_unmasked = arrived.len();
+        match std::str::from_utf8(&arrived[self.peek_valid..]) {
+            Ok(_) => self.peek_valid = arrived.len(),
+            Err(e) if e.error_len().is_some() => return Err(ProtocolError::InvalidUtf8),
+            Err(e) => self.peek_valid += e.valid_up_to(),
+        }
+        Ok(())
     }
 
     fn data(
@@ -413,6 +459,11 @@ fn close_frame(payload: &[u8]) -> Result<Option<(u16, String)>, ProtocolError> {
             Ok(Some((code, reason.to_string())))
         }
     }
+}
+
+/// The masking key as seen from payload offset `offset`.
+fn rotate(mask: [u8; 4], offset: usize) -> [u8; 4] {
+    std::array::from_fn(|i| mask[(offset + i) & 3])
 }
 
 /// XORs the payload with the client's masking key (RFC 6455 §5.3).

@@ -1589,3 +1589,41 @@ fn accepted_reads_our_responses() {
     assert_eq!(deflate::accepted("x-webkit-deflate-frame"), None);
     assert_eq!(deflate::accepted("permessage-deflate; bogus"), None);
 }
+
+#[test]
+fn invalid_utf8_inside_one_chopped_frame_fails_before_the_frame_is_complete() {
+    let mut payload = "κόσμε".repeat(50).into_bytes();
+    payload.extend_from_slice(&[
+        0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
+    ]);
+    payload.extend_from_slice(&"x".repeat(4000).into_bytes());
+    let bytes = frame_with_mask(1, true, false, &payload, [0x37, 0xfa, 0x21, 0x3d]);
+    // Fed in pieces, as far as just past the invalid sequence: refused
+    // although thousands of payload bytes are still missing.
+    let cut = 8 + "κόσμε".len() * 50 + 14;
+    let mut dec = plain();
+    let mut buf = BytesMut::new();
+    let mut result = Ok(None);
+    for piece in bytes[..cut].chunks(7) {
+        buf.extend_from_slice(piece);
+        result = dec.decode(&mut buf);
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(result, Err(ProtocolError::InvalidUtf8));
+
+    // Valid text fed in odd-sized pieces still decodes whole and unmasked right.
+    let good = "κόσμε".repeat(900);
+    let bytes = frame_with_mask(1, true, false, good.as_bytes(), [1, 2, 3, 4]);
+    let mut dec = plain();
+    let mut buf = BytesMut::new();
+    let mut got = None;
+    for piece in bytes.chunks(13) {
+        buf.extend_from_slice(piece);
+        if let Some(m) = dec.decode(&mut buf).unwrap() {
+            got = Some(m);
+        }
+    }
+    assert_eq!(got, Some(text(&good)));
+}
