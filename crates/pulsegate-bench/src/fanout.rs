@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::common::{defaults_of, validate_common, CommonArgs};
+use crate::deflate::DeflateSummary;
 use crate::probe::{default_metrics_url, ServerProbe};
 use crate::pubsub::{self, DeliveryCheck, Pacing, Plan};
 use crate::report::{grouped, Table};
@@ -62,6 +63,12 @@ pub struct FanoutArgs {
     /// After publishing stops, how long to wait for deliveries still in flight.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+
+    /// Subscribers offer permessage-deflate (RFC 7692) and read frames with
+    /// pulsegate-ws, which inflates compressed messages (tokio-websockets
+    /// cannot); the report adds wire vs decoded bytes. ws:// only.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 impl Default for FanoutArgs {
@@ -129,6 +136,10 @@ pub struct FanoutReport {
     /// CPU seconds the bench itself used over the same span; near the window
     /// length means the load generator was saturated too.
     pub bench_cpu_seconds: Option<f64>,
+    /// With `--deflate`: subscribers that negotiated permessage-deflate, and
+    /// the bytes they read from the wire vs the decoded message bytes;
+    /// `null` without the flag.
+    pub deflate: Option<DeflateSummary>,
 }
 
 /// Runs the fanout scenario.
@@ -174,6 +185,7 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         connect_timeout: c.connect_timeout,
         quiet: c.quiet,
         sub_targets,
+        deflate: args.deflate,
     };
     let o = pubsub::run(target, plan, probe).await?;
     let received = o.delivery.deliveries_received;
@@ -204,6 +216,7 @@ pub async fn fanout(args: &FanoutArgs) -> anyhow::Result<FanoutReport> {
         server_cpu_seconds: o.server_cpu_seconds.map(round3),
         deliveries_per_server_cpu_second: ratio(received, o.server_cpu_seconds).map(round3),
         bench_cpu_seconds: o.bench_cpu_seconds.map(round3),
+        deflate: o.deflate,
     })
 }
 
@@ -241,6 +254,7 @@ impl fmt::Display for FanoutReport {
         )
         .examples("publish error", &self.publish_error_examples);
         delivery_rows(&mut t, &self.delivery);
+        deflate_row(&mut t, self.deflate.as_ref());
         t.latency("lag ms", &self.lag_ms)
             .row("deliveries/s", grouped(self.deliveries_per_sec))
             .row("server probe", &self.server_probe)
@@ -251,6 +265,13 @@ impl fmt::Display for FanoutReport {
             )
             .opt("bench CPU s", self.bench_cpu_seconds);
         write!(f, "{t}")
+    }
+}
+
+/// The `--deflate` row shared with the throughput report.
+pub(crate) fn deflate_row(t: &mut Table, d: Option<&DeflateSummary>) {
+    if let Some(d) = d {
+        t.row("deflate", d.row());
     }
 }
 

@@ -15,7 +15,9 @@
 //! Where things live: protocol details (pulsegate JSON, NATS, plain
 //! broadcast) in [`wire`] and [`nats`]; message bodies in [`payload`]; the
 //! publish/subscribe engine in `pubsub`; counting and percentiles in
-//! [`stats`]; server CPU/RSS readings in [`probe`].
+//! [`stats`]; server CPU/RSS readings in [`probe`]; the subscriber
+//! connections of `--deflate` (permessage-deflate, framed by pulsegate-ws
+//! because tokio-websockets rejects compressed frames) in [`deflate`].
 //!
 //! Runtime: one tokio task per connection, never a thread per connection.
 //! The caller's runtime is used as is, so `taskset -c 0 pulsegate bench …`
@@ -24,6 +26,7 @@
 
 pub mod churn;
 pub mod common;
+pub mod deflate;
 pub mod fanout;
 pub mod idle;
 pub mod nats;
@@ -39,6 +42,7 @@ pub mod wire;
 
 pub use churn::{churn, ChurnArgs, ChurnReport};
 pub use common::CommonArgs;
+pub use deflate::DeflateSummary;
 pub use fanout::{fanout, FanoutArgs, FanoutReport};
 pub use idle::{idle, IdleArgs, IdleReport};
 pub use pubsub::DeliveryCheck;
@@ -137,6 +141,11 @@ mod tests {
         assert_eq!(a.hold, std::time::Duration::from_secs(5));
 
         assert!(Cli::try_parse_from(["bench", "throughput", "--window", "8"]).is_ok());
+        let cli = Cli::try_parse_from(["bench", "fanout", "--deflate"]).unwrap();
+        assert!(matches!(cli.cmd, BenchCommand::Fanout(a) if a.deflate));
+        let cli = Cli::try_parse_from(["bench", "throughput", "--deflate"]).unwrap();
+        assert!(matches!(cli.cmd, BenchCommand::Throughput(a) if a.deflate));
+        assert!(!FanoutArgs::default().deflate);
         assert!(
             Cli::try_parse_from(["bench", "churn", "--rate", "50", "--proto", "broadcast"]).is_ok()
         );

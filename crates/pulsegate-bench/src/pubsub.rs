@@ -33,6 +33,7 @@ use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_websockets::Message;
 
 use crate::common::{error_chain, keepalive_tick, wall_ns_at, ErrorSamples};
+use crate::deflate::{AnyWs, DeflateSummary, DeflateWs, WireTally};
 use crate::payload::{build_data, now_ns};
 use crate::probe::{self_cpu_seconds, ServerProbe};
 use crate::progress::Progress;
@@ -86,6 +87,9 @@ pub(crate) struct Plan {
     /// the publishers' target (one node). Several nodes of a cluster make
     /// every delivery cross the backplane.
     pub sub_targets: Vec<Arc<Target>>,
+    /// Subscribers connect with [`DeflateWs`], offering permessage-deflate
+    /// (publishers keep tokio-websockets).
+    pub deflate: bool,
 }
 
 /// Delivery correctness, shared by the fanout and throughput reports.
@@ -135,6 +139,8 @@ pub(crate) struct Outcome {
     pub server_cpu_seconds: Option<f64>,
     pub bench_cpu_seconds: Option<f64>,
     pub server_probe: String,
+    /// With [`Plan::deflate`]: what subscribers negotiated and received.
+    pub deflate: Option<DeflateSummary>,
 }
 
 /// State every subscriber task shares with the orchestrator.
@@ -159,6 +165,9 @@ struct SubStats {
     epoch_changes: u64,
     foreign: u64,
     errors: u64,
+    /// With `--deflate`: whether the server accepted the extension, and what
+    /// the connection received.
+    wire: Option<(bool, WireTally)>,
 }
 
 impl DeliveryCheck {
@@ -415,10 +424,14 @@ pub(crate) async fn run(
 
     let _ = stop_tx.send(true);
     let mut delivery = DeliveryCheck::default();
+    let mut deflate = plan.deflate.then(DeflateSummary::default);
     let join_deadline = Instant::now() + CLOSE_GRACE + Duration::from_secs(5);
     while let Ok(Some(res)) = timeout_at(join_deadline, subs.join_next()).await {
         if let Ok(s) = res {
             delivery.add(&s);
+            if let (Some(d), Some((negotiated, tally))) = (&mut deflate, &s.wire) {
+                d.add(*negotiated, tally);
+            }
         }
     }
     subs.abort_all();
@@ -452,6 +465,7 @@ pub(crate) async fn run(
         server_cpu_seconds: diff(cpu_start, server_cpu_end),
         bench_cpu_seconds: diff(bench_cpu_start, bench_cpu_end),
         server_probe: probe.describe(),
+        deflate,
     })
 }
 
@@ -471,7 +485,12 @@ async fn subscriber(
 ) -> SubStats {
     let mut stats = SubStats::default();
     let setup = async {
-        let mut s = Session::establish(&target, plan.proto).await?;
+        let ws = if plan.deflate {
+            AnyWs::Deflate(Box::new(DeflateWs::connect(&target, true).await?))
+        } else {
+            AnyWs::Plain(Box::new(target.open().await?))
+        };
+        let mut s = Session::greet(ws, plan.proto).await?;
         s.subscribe(&topic_names[topic]).await?;
         anyhow::Ok(s)
     };
@@ -603,6 +622,9 @@ async fn subscriber(
     }
     for t in &trackers {
         stats.seq += t.counts();
+    }
+    if let AnyWs::Deflate(d) = &session.ws {
+        stats.wire = Some((d.negotiated().is_some(), d.tally()));
     }
     if !stats.disconnected {
         session.close(CLOSE_GRACE).await;

@@ -86,7 +86,16 @@ pub(crate) fn grouped(x: f64) -> String {
     } else {
         (whole, frac)
     };
-    let digits = whole.to_string();
+    format!(
+        "{}{}.{frac}",
+        if neg { "-" } else { "" },
+        grouped_int(whole)
+    )
+}
+
+/// Formats a count with thousands grouping, e.g. `1,234,567`.
+pub(crate) fn grouped_int(n: u64) -> String {
+    let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {
@@ -94,7 +103,7 @@ pub(crate) fn grouped(x: f64) -> String {
         }
         out.push(c);
     }
-    format!("{}{out}.{frac}", if neg { "-" } else { "" })
+    out
 }
 
 #[cfg(test)]
@@ -117,5 +126,7 @@ mod tests {
         assert_eq!(grouped(0.96), "1.0");
         assert_eq!(grouped(1234567.0), "1,234,567.0");
         assert_eq!(grouped(-1000.0), "-1,000.0");
+        assert_eq!(grouped_int(0), "0");
+        assert_eq!(grouped_int(41_000_123), "41,000,123");
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::common::{defaults_of, validate_common, CommonArgs};
-use crate::fanout::delivery_rows;
+use crate::deflate::DeflateSummary;
+use crate::fanout::{deflate_row, delivery_rows};
 use crate::probe::{default_metrics_url, ServerProbe};
 use crate::pubsub::{self, DeliveryCheck, Pacing, Plan};
 use crate::report::{grouped, Table};
@@ -63,6 +64,12 @@ pub struct ThroughputArgs {
     /// After publishing stops, how long to wait for deliveries still in flight.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+
+    /// Subscribers offer permessage-deflate (RFC 7692) and read frames with
+    /// pulsegate-ws, which inflates compressed messages (tokio-websockets
+    /// cannot); the report adds wire vs decoded bytes. ws:// only.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 impl Default for ThroughputArgs {
@@ -121,6 +128,8 @@ pub struct ThroughputReport {
     pub deliveries_per_server_cpu_second: Option<f64>,
     /// Bench CPU seconds over the same span.
     pub bench_cpu_seconds: Option<f64>,
+    /// With `--deflate`: negotiation and wire vs decoded bytes; `null` without.
+    pub deflate: Option<DeflateSummary>,
 }
 
 /// Runs the throughput scenario.
@@ -160,6 +169,7 @@ pub async fn throughput(args: &ThroughputArgs) -> anyhow::Result<ThroughputRepor
         connect_timeout: c.connect_timeout,
         quiet: c.quiet,
         sub_targets: Vec::new(),
+        deflate: args.deflate,
     };
     let o = pubsub::run(target, plan, probe).await?;
     let received = o.delivery.deliveries_received;
@@ -187,6 +197,7 @@ pub async fn throughput(args: &ThroughputArgs) -> anyhow::Result<ThroughputRepor
         server_cpu_seconds: o.server_cpu_seconds.map(round3),
         deliveries_per_server_cpu_second: ratio(received, o.server_cpu_seconds).map(round3),
         bench_cpu_seconds: o.bench_cpu_seconds.map(round3),
+        deflate: o.deflate,
     })
 }
 
@@ -221,6 +232,7 @@ impl fmt::Display for ThroughputReport {
         .row("publishes/s", grouped(self.publishes_per_sec))
         .row("deliveries/s", grouped(self.deliveries_per_sec));
         delivery_rows(&mut t, &self.delivery);
+        deflate_row(&mut t, self.deflate.as_ref());
         t.latency("lag ms", &self.lag_ms)
             .row("server probe", &self.server_probe)
             .opt("server CPU s", self.server_cpu_seconds)

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::net::TcpStream;
@@ -84,6 +84,23 @@ impl Proto {
 /// A WebSocket client connection over plain TCP.
 pub type Ws = WebSocketStream<TcpStream>;
 
+/// A client WebSocket the protocol code can drive: tokio-websockets' [`Ws`],
+/// or a connection framed by pulsegate-ws ([`crate::deflate::DeflateWs`],
+/// `--deflate`). Both answer pings and close frames themselves.
+pub trait WsIo:
+    Stream<Item = Result<Message, tokio_websockets::Error>>
+    + Sink<Message, Error = tokio_websockets::Error>
+    + Unpin
+{
+}
+
+impl<T> WsIo for T where
+    T: Stream<Item = Result<Message, tokio_websockets::Error>>
+        + Sink<Message, Error = tokio_websockets::Error>
+        + Unpin
+{
+}
+
 /// The server under test: its URL, resolved once, so that thousands of
 /// connects do not each call `getaddrinfo`.
 pub struct Target {
@@ -132,6 +149,11 @@ impl Target {
             addr,
             builder,
         })
+    }
+
+    /// The resolved socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// TCP connect with `TCP_NODELAY` (without it small frames stall ~40 ms
@@ -289,10 +311,11 @@ pub fn pong_frame(proto: Proto, id: Option<u64>) -> Option<Message> {
 /// Upper bound on frames read while waiting for one handshake reply.
 const MAX_FRAMES_PER_REPLY: usize = 10_000;
 
-/// One client connection that has completed the protocol greeting.
-pub struct Session {
+/// One client connection that has completed the protocol greeting, over
+/// tokio-websockets ([`Ws`], the default) or any other [`WsIo`].
+pub struct Session<W = Ws> {
     /// The socket; scenarios read deliveries from it directly.
-    pub ws: Ws,
+    pub ws: W,
     /// The protocol spoken.
     pub proto: Proto,
     /// Buffer for NATS operations spanning frames.
@@ -311,9 +334,11 @@ impl Session {
         let ws = target.open().await?;
         Self::greet(ws, proto).await
     }
+}
 
+impl<W: WsIo> Session<W> {
     /// The greeting on an already upgraded connection.
-    pub async fn greet(ws: Ws, proto: Proto) -> anyhow::Result<Self> {
+    pub async fn greet(ws: W, proto: Proto) -> anyhow::Result<Self> {
         let mut s = Self {
             ws,
             proto,
