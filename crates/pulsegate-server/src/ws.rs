@@ -308,36 +308,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             let n = if self.io.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let mut k = 0;
-                let mut skip = self.written;
-                'fill: for (h, p) in &self.queue {
-                    for part in [h.as_bytes(), &p[..]] {
-                        if skip >= part.len() {
-                            skip -= part.len();
-                            continue;
-                        }
-                        slices[k] = IoSlice::new(&part[skip..]);
-                        skip = 0;
-                        k += 1;
-                        if k == MAX_IOV {
-                            break 'fill;
-                        }
-                    }
+                for part in unwritten(&self.queue, self.written).take(MAX_IOV) {
+                    slices[k] = IoSlice::new(part);
+                    k += 1;
                 }
                 ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k]))?
             } else {
                 if self.scratch.is_empty() {
-                    let mut skip = self.written;
-                    'copy: for (h, p) in &self.queue {
-                        for part in [h.as_bytes(), &p[..]] {
-                            if skip >= part.len() {
-                                skip -= part.len();
-                                continue;
-                            }
-                            self.scratch.extend_from_slice(&part[skip..]);
-                            skip = 0;
-                            if self.scratch.len() >= COALESCE {
-                                break 'copy;
-                            }
+                    for part in unwritten(&self.queue, self.written) {
+                        self.scratch.extend_from_slice(part);
+                        if self.scratch.len() >= COALESCE {
+                            break;
                         }
                     }
                 }
@@ -373,6 +354,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             self.queue.pop_front();
         }
     }
+}
+
+/// The bytes of `queue` not yet written (`written` bytes of its first
+/// frame are out), as non-empty slices in order.
+fn unwritten(queue: &VecDeque<(Header, Bytes)>, written: usize) -> impl Iterator<Item = &[u8]> {
+    let mut skip = written;
+    queue
+        .iter()
+        .flat_map(|(h, p)| [h.as_bytes(), &p[..]])
+        .filter_map(move |part| {
+            if skip >= part.len() {
+                skip -= part.len();
+                None
+            } else {
+                let rest = &part[skip..];
+                skip = 0;
+                Some(rest)
+            }
+        })
 }
 
 /// Compressed payloads of recent messages, per worker thread, keyed by the
@@ -432,4 +432,105 @@ fn shared_compress(payload: &Bytes, bits: u8, level: u32) -> (Bytes, bool) {
         }
         (compressed, true)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `step` bytes per write, vectored or not,
+    /// and returns nothing to read.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        vectored: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut left = self.step;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.out.extend_from_slice(&b[..n]);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(self.step - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_writes_resume_mid_frame_and_keep_frame_order() {
+        let payloads: Vec<Bytes> = (0..40)
+            .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; i * 37 % 300]))
+            .collect();
+        let mut expected = Vec::new();
+        for p in &payloads {
+            expected.extend_from_slice(header(OpCode::Text, true, false, p.len()).as_bytes());
+            expected.extend_from_slice(p);
+        }
+        expected.extend_from_slice(header(OpCode::Ping, true, false, 3).as_bytes());
+        expected.extend_from_slice(b"abc");
+        for vectored in [true, false] {
+            for step in [1, 7, 130, 5000] {
+                let io = Trickle {
+                    out: Vec::new(),
+                    step,
+                    vectored,
+                };
+                let mut ws = WsStream::new(io, 1 << 20, None);
+                for p in &payloads {
+                    ws.queue_data(false, p.clone(), None);
+                }
+                ws.queue_ping(Bytes::from_static(b"abc"));
+                ws.flush().await.unwrap();
+                assert!(ws.is_idle());
+                assert_eq!(ws.queued_bytes, 0);
+                assert_eq!(ws.control_bytes, 0);
+                assert_eq!(
+                    ws.get_ref().out,
+                    expected,
+                    "vectored={vectored} step={step}"
+                );
+            }
+        }
+    }
 }
