@@ -62,14 +62,10 @@ fn bench(c: &mut Criterion) {
                 |b, f| b.iter(|| compress(f, 15, level)),
             );
             if level == 1 {
-                g.bench_with_input(
-                    BenchmarkId::new("inflate", frame.len()),
-                    &packed,
-                    |b, p| {
-                        let mut inf = Inflater::new(15, true);
-                        b.iter(|| inf.inflate(p, 1 << 20).expect("inflates"))
-                    },
-                );
+                g.bench_with_input(BenchmarkId::new("inflate", frame.len()), &packed, |b, p| {
+                    let mut inf = Inflater::new(15, true);
+                    b.iter(|| inf.inflate(p, 1 << 20).expect("inflates"))
+                });
             }
         }
     }
