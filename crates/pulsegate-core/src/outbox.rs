@@ -370,6 +370,17 @@ impl Outbox {
         self.state.lock().closed.is_some()
     }
 
+    /// Gives the queue's storage back if nothing is queued (an idle
+    /// connection about to hibernate). Returns false when frames are queued.
+    pub fn release_if_empty(&self) -> bool {
+        let mut st = self.state.lock();
+        if !st.items.is_empty() {
+            return false;
+        }
+        st.items = VecDeque::new();
+        true
+    }
+
     /// Frames and bytes queued now.
     pub fn depth(&self) -> (usize, usize) {
         let st = self.state.lock();
@@ -538,6 +549,25 @@ mod tests {
         // each frame is ~50 bytes
         ob.push_msg(&msg("a", 1), &stats);
         assert_eq!(ob.push_msg(&msg("a", 2), &stats), PushOutcome::Overflow);
+    }
+
+    #[test]
+    fn an_empty_queue_releases_its_storage_and_a_busy_one_does_not() {
+        let stats = HubStats::default();
+        let ob = outbox(1000, SlowConsumerPolicy::Disconnect);
+        ob.push_reply(Bytes::from_static(b"welcome"), &stats);
+        assert!(!ob.release_if_empty(), "a queued frame keeps the queue");
+        assert_eq!(ob.depth().0, 1);
+        let mut out = Vec::new();
+        ob.take_batch(&mut out, 10, 1 << 20).unwrap();
+        assert!(ob.state.lock().items.capacity() > 0);
+        assert!(ob.release_if_empty());
+        assert_eq!(ob.state.lock().items.capacity(), 0);
+        // Still usable afterwards.
+        ob.push_reply(Bytes::from_static(b"again"), &stats);
+        out.clear();
+        ob.take_batch(&mut out, 10, 1 << 20).unwrap();
+        assert_eq!(&out[0].frame[..], b"again");
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! Control frames (pings, close) are written by this task directly, so they
 //! never wait behind a full data queue.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +24,7 @@ use pulsegate_proto::{
 };
 use pulsegate_ws::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::io::Hibernate;
 use crate::metrics::{FrameError, Initiator, Kind, Source};
@@ -87,6 +90,66 @@ struct Heartbeat {
 /// buffers and waits for the socket to be readable or something queued.
 const HIBERNATE_AFTER: Duration = Duration::from_secs(2);
 
+/// The run loop's state that outlives one `Conn::run` call: the run
+/// future is dropped while the connection hibernates.
+struct LoopState {
+    next_ping: Instant,
+    beat: Heartbeat,
+    /// When to close for a drain (set when the drain request is seen).
+    drain_at: Option<Instant>,
+    /// Last frame read or written (not timer wake-ups).
+    last_activity: Instant,
+    /// When to look whether the connection went idle; `None` while it
+    /// hibernates (then only traffic, heartbeats and deadlines wake it).
+    idle_check: Option<Instant>,
+    /// The outbox signalled: look at its control and write what is queued.
+    outbox_signaled: bool,
+}
+
+impl LoopState {
+    fn new(hb: &crate::config::HeartbeatConfig, phase: Phase) -> LoopState {
+        let now = Instant::now();
+        LoopState {
+            next_ping: now + hb.ping_interval,
+            beat: Heartbeat {
+                counter: 0,
+                sent: now,
+                pong_deadline: None,
+            },
+            // The server asks for drain or stop through the outbox
+            // (`Control`); a drain that began before this connection
+            // registered is seen here.
+            drain_at: (phase != Phase::Running).then_some(now),
+            last_activity: now,
+            idle_check: Some(now + HIBERNATE_AFTER),
+            outbox_signaled: false,
+        }
+    }
+
+    /// The earliest deadline of the connection: what the timer is set to.
+    fn next_deadline<S>(&self, conn: &Conn<S>) -> Instant {
+        [
+            Some(self.next_ping),
+            self.beat.pong_deadline,
+            self.drain_at,
+            self.idle_check,
+            conn.auth_deadline,
+            conn.silent_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .expect("next_ping is always set")
+    }
+}
+
+/// Why `Conn::run` returned.
+enum Step {
+    End(End),
+    /// Buffers were released; sleep until traffic or the timer.
+    Hibernate,
+}
+
 struct Conn<S> {
     shared: Arc<Shared>,
     ws: WsStream<S>,
@@ -113,15 +176,29 @@ struct Conn<S> {
     client_cert: bool,
     /// Until the first frame arrives: when the connection is closed as silent.
     silent_deadline: Option<Instant>,
+    /// The connection's place in the limits; released on drop.
+    slot: ConnSlot,
+    _tracker: tokio::sync::mpsc::Sender<()>,
 }
 
 /// Runs a `/ws` connection until it closes.
-pub async fn serve_ws<S>(shared: Arc<Shared>, ws: WsStream<S>, meta: ConnMeta, slot: ConnSlot)
+///
+/// The set-up is done here, synchronously; the returned future (to be
+/// spawned as the connection's task) owns only the boxed `Conn`, so its
+/// state holds no second copy of the stream or the metadata (an async fn
+/// keeps its arguments in its state for its whole life). `tracker` is held until
+/// the connection ends (the server's drain waits for all of them).
+pub fn serve_ws<S>(
+    shared: Arc<Shared>,
+    ws: WsStream<S>,
+    meta: ConnMeta,
+    slot: ConnSlot,
+    tracker: tokio::sync::mpsc::Sender<()>,
+) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Hibernate,
+    S: AsyncRead + AsyncWrite + Unpin + Hibernate + Send,
 {
     let id = slot.id;
-    let started = Instant::now();
     let outbox = Outbox::new(id, meta.codec, shared.outbox_limits());
     let info = Arc::new(ConnInfo {
         id,
@@ -155,6 +232,8 @@ where
         silent_deadline: None,
         outbox,
         shared,
+        slot,
+        _tracker: tracker,
     };
     conn.shared.register(&conn.info);
     if let Some(auth) = &conn.shared.config.auth_if_on() {
@@ -169,19 +248,43 @@ where
     conn.identity = meta.identity;
     let first = conn.shared.config.server.first_frame_timeout;
     conn.silent_deadline = (!first.is_zero()).then(|| Instant::now() + first);
-    let hb = conn.shared.config.heartbeat.clone();
     conn.outbox.push_reply(
         conn.codec.encode(&ServerFrame::Welcome {
             conn: id.to_string(),
             node: conn.shared.node.clone(),
-            ping_interval_ms: hb.ping_interval.as_millis() as u64,
+            ping_interval_ms: conn.shared.config.heartbeat.ping_interval.as_millis() as u64,
         }),
         conn.shared.hub.stats(),
     );
+    serve(Box::new(conn))
+}
 
-    // Boxed in their own statements so the unboxed futures never sit in this one's state.
-    let running = Box::pin(conn.run(&hb));
-    let end = running.await;
+/// The connection's task: run, hibernate, run …, then the close handshake
+/// and the bookkeeping of its end.
+///
+/// `conn` is boxed: an async fn keeps its argument in its state next to the
+/// local it is bound to, which would hold the connection twice.
+async fn serve<S>(mut conn: Box<Conn<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Hibernate + Send,
+{
+    // One timer for all deadlines (next ping, pong deadline, drain close,
+    // idle check, auth), kept for the connection's life: the loop runs once
+    // per delivered batch, so it must not register timers on every turn.
+    let mut st = LoopState::new(&conn.shared.config.heartbeat, *conn.shared.phase.borrow());
+    let timer = tokio::time::sleep_until(st.next_deadline(&conn));
+    tokio::pin!(timer);
+    let end = loop {
+        // Boxed in its own statement so the unboxed future never sits in
+        // this one's state; dropped while the connection hibernates, which
+        // then holds only `conn`, `st` and the timer.
+        let running = Box::pin(conn.run(&mut st, timer.as_mut()));
+        let step = running.await;
+        match step {
+            Step::End(end) => break end,
+            Step::Hibernate => conn.hibernate(&mut st, timer.as_mut()).await,
+        }
+    };
     // Boxed: the close handshake's state is needed once, not for the connection's life.
     let finishing = Box::pin(conn.finish(end));
     let (code, initiator, reason) = finishing.await;
@@ -189,6 +292,7 @@ where
     // this connection, is counted as dropped (`connection_closed`).
     conn.outbox
         .close(CloseReason::Ended, conn.shared.hub.stats());
+    let id = conn.slot.id;
     conn.shared.unregister(id);
     conn.shared.hub.remove_connection(id, conn.subs.iter());
     if let Some(c) = conn.shared.cluster.get() {
@@ -200,7 +304,7 @@ where
         })
         .await;
     }
-    let duration_ms = started.elapsed().as_millis() as u64;
+    let duration_ms = now_micros().saturating_sub(conn.info.connected_at_us) / 1000;
     let m = &conn.shared.metrics;
     m.closed(code, initiator);
     m.observe(&m.conn_duration, duration_ms);
@@ -221,182 +325,167 @@ where
         ping_rtt_us = info.ping_rtt_us.load(Relaxed),
         "connection closed"
     );
-    drop(slot);
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
     /// Frees the connection's buffers if that loses nothing: no partial
     /// frame read, nothing left to flush or queued.
     fn try_hibernate(&mut self) -> bool {
-        self.outbox.depth().0 == 0 && self.ws.get_ref().can_hibernate() && self.ws.release_buffers()
+        if !(self.ws.get_ref().can_hibernate()
+            && self.outbox.release_if_empty()
+            && self.ws.release_buffers())
+        {
+            return false;
+        }
+        self.batch = Vec::new();
+        self.lag_ts = Vec::new();
+        true
     }
 
-    async fn run(&mut self, hb: &crate::config::HeartbeatConfig) -> End {
-        // One timer for all deadlines (next ping, pong deadline, drain
-        // close, idle check), kept across iterations: the loop runs once per
-        // delivered batch, so it must not register timers on every turn.
-        let mut next_ping = Instant::now() + hb.ping_interval;
-        let mut beat = Heartbeat {
-            counter: 0,
-            sent: Instant::now(),
-            pong_deadline: None,
-        };
-        let mut drain_at: Option<Instant> = None;
-        // The server asks for drain or stop through the outbox (`Control`);
-        // a drain that began before this connection registered is seen here.
-        if *self.shared.phase.borrow() != Phase::Running {
-            drain_at = Some(Instant::now());
+    /// Sleeps on the bare socket, the outbox and the timer (no buffers, no
+    /// future state beyond this call's references) until one of them is
+    /// ready. The timer (a heartbeat, a deadline, the next idle check) is
+    /// not traffic: it leaves `last_activity` alone, so the connection goes
+    /// back to sleep at once if nothing else happens.
+    async fn hibernate(&mut self, st: &mut LoopState, mut timer: Pin<&mut Sleep>) {
+        st.idle_check = None;
+        timer.as_mut().reset(st.next_deadline(self));
+        let m = &self.shared.metrics;
+        m.hibernated();
+        m.hibernating.fetch_add(1, Relaxed);
+        // `move`: the closure holds `&mut` to the stream (a shared
+        // reference held across the await would need `S: Sync`).
+        let ws = &mut self.ws;
+        let outbox = &self.outbox;
+        let mut sleep = timer.as_mut();
+        let (by_outbox, by_socket) = std::future::poll_fn(move |cx| {
+            if sleep.as_mut().poll(cx).is_ready() {
+                Poll::Ready((false, false))
+            } else if outbox.poll_ready(cx).is_ready() {
+                Poll::Ready((true, false))
+            } else if ws.get_ref().poll_readable(cx).is_ready() {
+                Poll::Ready((false, true))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        m.hibernating.fetch_sub(1, Relaxed);
+        st.outbox_signaled |= by_outbox;
+        if by_outbox || by_socket {
+            st.last_activity = Instant::now();
         }
-        let mut last_activity = Instant::now();
-        let mut idle_check = Instant::now() + HIBERNATE_AFTER;
-        let next_deadline = |next_ping: Instant,
-                             beat: &Heartbeat,
-                             drain: Option<Instant>,
-                             idle: Instant,
-                             auth: Option<Instant>,
-                             silent: Option<Instant>| {
-            [
-                Some(next_ping),
-                beat.pong_deadline,
-                drain,
-                Some(idle),
-                auth,
-                silent,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("next_ping is always set")
-        };
-        let timer = tokio::time::sleep_until(next_deadline(
-            next_ping,
-            &beat,
-            drain_at,
-            idle_check,
-            self.auth_deadline,
-            self.silent_deadline,
-        ));
-        tokio::pin!(timer);
-        let mut outbox_signaled = false;
+        // Awake: look again after the idle period (a heartbeat's ping and
+        // pong count as traffic, so the connection sleeps again after them).
+        st.idle_check = Some(Instant::now() + HIBERNATE_AFTER);
+        timer.as_mut().reset(st.next_deadline(self));
+    }
+
+    /// Serves the connection until it ends or may hibernate.
+    async fn run(&mut self, st: &mut LoopState, mut timer: Pin<&mut Sleep>) -> Step {
         let mut hibernate = false;
         loop {
             if std::mem::take(&mut self.auth_changed) {
-                timer.as_mut().reset(next_deadline(
-                    next_ping,
-                    &beat,
-                    drain_at,
-                    idle_check,
-                    self.auth_deadline,
-                    self.silent_deadline,
-                ));
+                timer.as_mut().reset(st.next_deadline(self));
             }
-            if outbox_signaled {
-                outbox_signaled = false;
+            if std::mem::take(&mut st.outbox_signaled) {
                 match self.outbox.control() {
                     Some(Control::Terminate) => {
-                        return End::Close(close_code::GOING_AWAY, "server shutting down".into());
+                        return Step::End(End::Close(
+                            close_code::GOING_AWAY,
+                            "server shutting down".into(),
+                        ));
                     }
-                    Some(Control::Drain) if drain_at.is_none() => {
+                    Some(Control::Drain) if st.drain_at.is_none() => {
                         // Spread closes over the drain period so clients do not reconnect all at once.
                         let period = self.shared.config.server.drain_period;
-                        drain_at = Some(Instant::now() + period.mul_f64(fastrand::f64()));
-                        timer.as_mut().reset(next_deadline(
-                            next_ping,
-                            &beat,
-                            drain_at,
-                            idle_check,
-                            self.auth_deadline,
-                            self.silent_deadline,
-                        ));
+                        st.drain_at = Some(Instant::now() + period.mul_f64(fastrand::f64()));
+                        timer.as_mut().reset(st.next_deadline(self));
                     }
                     _ => {}
                 }
                 if let Err(end) = self.write_queued().await {
-                    return end;
+                    return Step::End(end);
                 }
-                last_activity = Instant::now();
+                st.last_activity = Instant::now();
             }
             if std::mem::take(&mut hibernate) && self.try_hibernate() {
-                let m = &self.shared.metrics;
-                m.hibernated();
-                m.hibernating.fetch_add(1, Relaxed);
-                tokio::select! {
-                    biased;
-                    _ = &mut timer => {}
-                    _ = self.outbox.ready() => outbox_signaled = true,
-                    _ = self.ws.get_ref().readable() => {}
-                }
-                m.hibernating.fetch_sub(1, Relaxed);
-                last_activity = Instant::now();
-                continue;
+                return Step::Hibernate;
             }
             let ws = &mut self.ws;
             let outbox = &self.outbox;
             tokio::select! {
                 biased;
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if drain_at.is_some_and(|d| d <= now) {
-                        if let Err(end) = self.write_queued().await {
-                            return end;
-                        }
-                        let hint = 500 + fastrand::u64(..5000);
-                        return End::Close(
-                            close_code::GOING_AWAY,
-                            format!("draining; reconnect_after_ms={hint}"),
-                        );
+                _ = timer.as_mut() => {
+                    if let Err(end) = self.on_timer(st, &mut hibernate).await {
+                        return Step::End(end);
                     }
-                    if self.silent_deadline.is_some_and(|d| d <= now) {
-                        return End::Close(
-                            close_code::POLICY_VIOLATION,
-                            "no frame within server.first_frame_timeout".into(),
-                        );
-                    }
-                    if self.auth_deadline.is_some_and(|d| d <= now) {
-                        return if self.identity.is_some() {
-                            End::Close(
-                                close_code::AUTH_EXPIRED,
-                                "token expired; refresh it with an auth message before exp".into(),
-                            )
-                        } else {
-                            End::Close(
-                                close_code::AUTH_TIMEOUT,
-                                "no valid token within auth.timeout".into(),
-                            )
-                        };
-                    }
-                    if beat.pong_deadline.is_some_and(|d| d <= now) {
-                        self.shared.metrics.pong_timeout();
-                        return End::Close(close_code::PONG_TIMEOUT, "pong timeout".into());
-                    }
-                    if next_ping <= now {
-                        next_ping = now + hb.ping_interval;
-                        if beat.pong_deadline.is_none() {
-                            beat.counter += 1;
-                            beat.sent = now;
-                            let payload = Bytes::copy_from_slice(&beat.counter.to_be_bytes());
-                            if let Err(end) = self.send_ping(payload).await {
-                                return end;
-                            }
-                            beat.pong_deadline = Some(now + hb.pong_timeout);
-                            last_activity = now;
-                        }
-                    }
-                    if idle_check <= now {
-                        hibernate = last_activity + HIBERNATE_AFTER <= now;
-                        idle_check = now.max(last_activity) + HIBERNATE_AFTER;
-                    }
-                    timer.as_mut().reset(next_deadline(next_ping, &beat, drain_at, idle_check, self.auth_deadline, self.silent_deadline));
+                    timer.as_mut().reset(st.next_deadline(self));
                 }
                 frame = ws.next() => {
-                    last_activity = Instant::now();
-                    if let Some(end) = Box::pin(self.on_frame(frame, &mut beat)).await {
-                        return end;
+                    st.last_activity = Instant::now();
+                    if let Some(end) = Box::pin(self.on_frame(frame, &mut st.beat)).await {
+                        return Step::End(end);
                     }
                 }
-                _ = outbox.ready() => outbox_signaled = true,
+                _ = outbox.ready() => st.outbox_signaled = true,
             }
         }
+    }
+
+    /// The timer fired: close on a due deadline, send a due ping, decide
+    /// whether to hibernate. The caller re-arms the timer.
+    async fn on_timer(&mut self, st: &mut LoopState, hibernate: &mut bool) -> Result<(), End> {
+        let hb = &self.shared.config.heartbeat;
+        let (ping_interval, pong_timeout) = (hb.ping_interval, hb.pong_timeout);
+        let now = Instant::now();
+        if st.drain_at.is_some_and(|d| d <= now) {
+            self.write_queued().await?;
+            let hint = 500 + fastrand::u64(..5000);
+            return Err(End::Close(
+                close_code::GOING_AWAY,
+                format!("draining; reconnect_after_ms={hint}"),
+            ));
+        }
+        if self.silent_deadline.is_some_and(|d| d <= now) {
+            return Err(End::Close(
+                close_code::POLICY_VIOLATION,
+                "no frame within server.first_frame_timeout".into(),
+            ));
+        }
+        if self.auth_deadline.is_some_and(|d| d <= now) {
+            return Err(if self.identity.is_some() {
+                End::Close(
+                    close_code::AUTH_EXPIRED,
+                    "token expired; refresh it with an auth message before exp".into(),
+                )
+            } else {
+                End::Close(
+                    close_code::AUTH_TIMEOUT,
+                    "no valid token within auth.timeout".into(),
+                )
+            });
+        }
+        if st.beat.pong_deadline.is_some_and(|d| d <= now) {
+            self.shared.metrics.pong_timeout();
+            return Err(End::Close(close_code::PONG_TIMEOUT, "pong timeout".into()));
+        }
+        if st.next_ping <= now {
+            st.next_ping = now + ping_interval;
+            if st.beat.pong_deadline.is_none() {
+                st.beat.counter += 1;
+                st.beat.sent = now;
+                let payload = Bytes::copy_from_slice(&st.beat.counter.to_be_bytes());
+                self.send_ping(payload).await?;
+                st.beat.pong_deadline = Some(now + pong_timeout);
+                st.last_activity = now;
+            }
+        }
+        if st.idle_check.is_some_and(|t| t <= now) {
+            *hibernate = st.last_activity + HIBERNATE_AFTER <= now;
+            st.idle_check = Some(now.max(st.last_activity) + HIBERNATE_AFTER);
+        }
+        Ok(())
     }
 
     /// Handles what the WebSocket stream yielded. Returns `Some` to end the connection.

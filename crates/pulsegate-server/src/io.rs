@@ -67,8 +67,9 @@ pub trait Hibernate {
     /// Whether the connection may release its buffers and wait for
     /// readability instead of reading.
     fn can_hibernate(&self) -> bool;
-    /// Resolves when the socket has bytes (or an error/EOF) to read.
-    fn readable(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// Ready when the socket has bytes (or an error/EOF) to read. Keeps no
+    /// state of its own: the waker goes to the socket's registration.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()>;
 }
 
 impl Hibernate for Prefixed<tokio::net::TcpStream> {
@@ -76,8 +77,8 @@ impl Hibernate for Prefixed<tokio::net::TcpStream> {
         self.prefix_consumed()
     }
 
-    async fn readable(&self) {
-        let _ = self.inner.readable().await;
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.inner.poll_read_ready(cx).map(|_| ())
     }
 }
 
@@ -88,8 +89,8 @@ impl Hibernate for Prefixed<tokio_rustls::server::TlsStream<tokio::net::TcpStrea
         false
     }
 
-    async fn readable(&self) {
-        std::future::pending::<()>().await
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
     }
 }
 

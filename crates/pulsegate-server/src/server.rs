@@ -307,18 +307,20 @@ async fn accept_loop(
         let shared = shared.clone();
         let tls = tls.clone();
         let tracker = tracker.clone();
-        tokio::spawn(async move {
-            let _tracker = tracker;
-            handle_socket(shared, stream, peer, tls).await;
-        });
+        tokio::spawn(handle_socket(shared, stream, peer, tls, tracker));
     }
 }
 
+/// A connection's task until its request head was read; a WebSocket
+/// connection then continues in a task of its own (see [`run_next`]).
+/// `tracker` is held by every connection task until it ends (drain waits
+/// for all of them).
 async fn handle_socket(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
+    tracker: mpsc::Sender<()>,
 ) {
     let accepted_at = Instant::now();
     // Small frames must not wait for Nagle + delayed ACK (~40 ms).
@@ -334,11 +336,18 @@ async fn handle_socket(
         None => {
             let prepared = Box::pin(prepare(shared.clone(), stream, peer, accepted_at, false));
             let next = prepared.await;
-            let live = Box::pin(run_next(shared, next));
+            let live = Box::pin(run_next(shared, next, tracker));
             live.await;
         }
         Some(acceptor) => {
-            let tls = Box::pin(handle_tls(shared, stream, peer, acceptor, accepted_at));
+            let tls = Box::pin(handle_tls(
+                shared,
+                stream,
+                peer,
+                acceptor,
+                accepted_at,
+                tracker,
+            ));
             tls.await;
         }
     }
@@ -352,6 +361,7 @@ async fn handle_tls(
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     accepted_at: Instant,
+    tracker: mpsc::Sender<()>,
 ) {
     let timeout = shared.config.server.handshake_timeout;
     let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -380,7 +390,7 @@ async fn handle_tls(
         client_cert,
     ));
     let next = prepared.await;
-    let live = Box::pin(run_next(shared, next));
+    let live = Box::pin(run_next(shared, next, tracker));
     live.await;
 }
 
@@ -396,13 +406,20 @@ enum Next<S> {
     Done,
 }
 
-async fn run_next<S>(shared: Arc<Shared>, next: Next<S>)
+/// Serves what the connection became. A `/ws` connection, which may live for
+/// days, gets a new task of its own so that nothing of the accept phase (this
+/// task and its boxed phases) stays allocated with it: its task is only
+/// as large as `serve_ws`'s state (see docs/ARCHITECTURE.md, memory).
+async fn run_next<S>(shared: Arc<Shared>, next: Next<S>, tracker: mpsc::Sender<()>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Prefixed<S>: crate::io::Hibernate,
 {
     let live: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match next {
-        Next::Ws(ws, meta, slot) => Box::pin(serve_ws(shared, ws, meta, slot)),
+        Next::Ws(ws, meta, slot) => {
+            tokio::spawn(serve_ws(shared, ws, meta, slot, tracker));
+            return;
+        }
         Next::Echo(ws, slot) => Box::pin(serve_echo(ws, slot)),
         Next::Http(io, peer, cert) => Box::pin(serve_http(shared, io, peer, cert)),
         Next::Done => return,

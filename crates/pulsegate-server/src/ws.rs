@@ -77,8 +77,9 @@ pub struct WsStream<S> {
     queued_bytes: usize,
     /// Queued pong/close bytes not yet written (for the ping-flood bound).
     control_bytes: usize,
-    deflate: Option<Deflate>,
-    tally: DeflateTally,
+    /// Boxed: most connections do not compress, and an idle connection's
+    /// state should be small (docs/ARCHITECTURE.md, memory).
+    deflate: Option<Box<(Deflate, DeflateTally)>>,
     close_sent: bool,
     /// No more frames will be read: close received, EOF, or a protocol error.
     read_done: bool,
@@ -99,8 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             written: 0,
             queued_bytes: 0,
             control_bytes: 0,
-            deflate,
-            tally: DeflateTally::default(),
+            deflate: deflate.map(|d| Box::new((d, DeflateTally::default()))),
             close_sent: false,
             read_done: false,
             discarding: false,
@@ -137,7 +137,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 
     /// Compression counters since the last call.
     pub fn take_tally(&mut self) -> DeflateTally {
-        std::mem::take(&mut self.tally)
+        self.deflate
+            .as_mut()
+            .map(|d| std::mem::take(&mut d.1))
+            .unwrap_or_default()
     }
 
     /// Queues a data message (text or binary), compressed when negotiated
@@ -147,13 +150,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             return;
         }
         let opcode = if binary { OpCode::Binary } else { OpCode::Text };
-        match self.deflate {
-            Some(d) if payload.len() >= threshold.unwrap_or(d.threshold) => {
+        match self.deflate.as_deref_mut() {
+            Some((d, tally)) if payload.len() >= threshold.unwrap_or(d.threshold) => {
                 let (wire, fresh) = shared_compress(&payload, d.params.server_window_bits, d.level);
-                self.tally.messages += 1;
-                self.tally.raw_bytes += payload.len() as u64;
-                self.tally.wire_bytes += wire.len() as u64;
-                self.tally.compressions += u64::from(fresh);
+                tally.messages += 1;
+                tally.raw_bytes += payload.len() as u64;
+                tally.wire_bytes += wire.len() as u64;
+                tally.compressions += u64::from(fresh);
                 self.push(header(opcode, true, true, wire.len()), wire, false);
             }
             _ => self.push(header(opcode, true, false, payload.len()), payload, false),
