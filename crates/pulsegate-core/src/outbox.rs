@@ -126,6 +126,12 @@ impl State {
             self.forced_items += 1;
             self.forced_bytes += item.frame.len();
         }
+        if self.items.capacity() == 0 {
+            // 16 × 64 B = 1 KiB: not the size class of a long-lived
+            // per-connection object, so the storage freed when the
+            // connection hibernates leaves no hole between them.
+            self.items.reserve(16);
+        }
         self.items.push_back(item);
     }
 

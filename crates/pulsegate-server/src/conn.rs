@@ -35,6 +35,11 @@ use crate::ws::{WsError, WsStream};
 const BATCH_FRAMES: usize = 256;
 /// About most bytes written per vectored write.
 const BATCH_BYTES: usize = 256 * 1024;
+/// Frames the batch vector has room for when first used: its size must not
+/// share an allocator size class with the long-lived per-connection objects
+/// (64-byte `Outgoing` × 16 = 1 KiB), or freeing it at hibernation leaves
+/// holes between them that stay resident (docs/ARCHITECTURE.md, memory).
+const SCRATCH_ITEMS: usize = 16;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -201,7 +206,6 @@ where
     let id = slot.id;
     let outbox = Outbox::new(id, meta.codec, shared.outbox_limits());
     let info = Arc::new(ConnInfo {
-        id,
         outbox: outbox.clone(),
         peer: meta.peer,
         client_ip: meta.client_ip,
@@ -256,7 +260,8 @@ where
         }),
         conn.shared.hub.stats(),
     );
-    serve(Box::new(conn))
+    let st = LoopState::new(&conn.shared.config.heartbeat, *conn.shared.phase.borrow());
+    serve(Box::new((conn, st)))
 }
 
 /// The connection's task: run, hibernate, run …, then the close handshake
@@ -264,25 +269,31 @@ where
 ///
 /// `conn` is boxed: an async fn keeps its argument in its state next to the
 /// local it is bound to, which would hold the connection twice.
-async fn serve<S>(mut conn: Box<Conn<S>>)
+///
+/// The loop state shares that box: with it, the box (about 600 bytes) and
+/// the task (under 512) stay out of the allocator size class of the run
+/// future, which is freed whenever the connection hibernates; sharing a
+/// class, those frees would leave holes between long-lived objects that
+/// keep their pages resident (docs/ARCHITECTURE.md, memory).
+async fn serve<S>(mut state: Box<(Conn<S>, LoopState)>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Hibernate + Send,
 {
     // One timer for all deadlines (next ping, pong deadline, drain close,
     // idle check, auth), kept for the connection's life: the loop runs once
     // per delivered batch, so it must not register timers on every turn.
-    let mut st = LoopState::new(&conn.shared.config.heartbeat, *conn.shared.phase.borrow());
-    let timer = tokio::time::sleep_until(st.next_deadline(&conn));
+    let (conn, st) = &mut *state;
+    let timer = tokio::time::sleep_until(st.next_deadline(conn));
     tokio::pin!(timer);
     let end = loop {
         // Boxed in its own statement so the unboxed future never sits in
         // this one's state; dropped while the connection hibernates, which
         // then holds only `conn`, `st` and the timer.
-        let running = Box::pin(conn.run(&mut st, timer.as_mut()));
+        let running = Box::pin(conn.run(st, timer.as_mut()));
         let step = running.await;
         match step {
             Step::End(end) => break end,
-            Step::Hibernate => conn.hibernate(&mut st, timer.as_mut()).await,
+            Step::Hibernate => conn.hibernate(st, timer.as_mut()).await,
         }
     };
     // Boxed: the close handshake's state is needed once, not for the connection's life.
@@ -520,7 +531,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 // The timer may still fire at the old pong deadline; it then finds nothing due.
                 beat.pong_deadline = None;
                 let rtt = beat.sent.elapsed().as_micros() as u64;
-                self.info.ping_rtt_us.store(rtt.max(1), Relaxed);
+                let rtt_us = u32::try_from(rtt).unwrap_or(u32::MAX).max(1);
+                self.info.ping_rtt_us.store(rtt_us, Relaxed);
                 let m = &self.shared.metrics;
                 m.observe(&m.ping_rtt, rtt);
             }
@@ -545,6 +557,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         let write_timeout = self.shared.config.server.write_timeout;
         loop {
             self.batch.clear();
+            self.batch.reserve(SCRATCH_ITEMS);
             match self
                 .outbox
                 .take_batch(&mut self.batch, BATCH_FRAMES, BATCH_BYTES)

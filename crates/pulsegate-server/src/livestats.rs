@@ -248,7 +248,7 @@ pub fn conn_json(c: &crate::state::ConnInfo) -> Value {
     let r = std::sync::atomic::Ordering::Relaxed;
     let rtt = c.ping_rtt_us.load(r);
     json!({
-        "id": c.id.to_string(),
+        "id": c.id().to_string(),
         "remote": c.peer.to_string(),
         "client_ip": c.client_ip.to_string(),
         "user_agent": c.user_agent.as_deref(),

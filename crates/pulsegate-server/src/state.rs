@@ -18,9 +18,7 @@ use crate::metrics::Metrics;
 /// (uncontended relaxed atomics) and read at request time.
 #[derive(Debug)]
 pub struct ConnInfo {
-    /// Connection id (also in `welcome`).
-    pub id: u64,
-    /// Its outbound queue.
+    /// Its outbound queue (which also carries the connection id).
     pub outbox: Arc<Outbox>,
     /// Remote address (of the TCP peer: a proxy, behind one).
     pub peer: SocketAddr,
@@ -44,8 +42,17 @@ pub struct ConnInfo {
     pub bytes_out: AtomicU64,
     /// Active subscriptions.
     pub subscriptions: AtomicU32,
-    /// Last WebSocket ping round trip, µs (0: none yet).
-    pub ping_rtt_us: AtomicU64,
+    /// Last WebSocket ping round trip, µs (0: none yet; saturates at
+    /// about 71 minutes). 32 bits keep this record in the same allocator
+    /// size class as the outbox (docs/ARCHITECTURE.md, memory).
+    pub ping_rtt_us: AtomicU32,
+}
+
+impl ConnInfo {
+    /// Connection id (also in `welcome`).
+    pub fn id(&self) -> u64 {
+        self.outbox.id()
+    }
 }
 
 /// Phase of the server's life, broadcast to every connection task.
@@ -191,13 +198,13 @@ impl Shared {
 
     /// Registers a live connection.
     pub fn register(&self, info: &Arc<ConnInfo>) {
-        self.conns.lock().insert(info.id, info.clone());
+        self.conns.lock().insert(info.id(), info.clone());
     }
 
     /// Live `/ws` connections, sorted by id.
     pub fn connections(&self) -> Vec<Arc<ConnInfo>> {
         let mut v: Vec<Arc<ConnInfo>> = self.conns.lock().values().cloned().collect();
-        v.sort_unstable_by_key(|c| c.id);
+        v.sort_unstable_by_key(|c| c.id());
         v
     }
 

@@ -212,6 +212,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         if control {
             self.control_bytes += n;
         }
+        if self.queue.capacity() == 0 {
+            // 16 frames: a size class no long-lived per-connection object
+            // uses, so freeing it at hibernation leaves no hole between them.
+            self.queue.reserve(16);
+        }
         self.queue.push_back((h, payload));
     }
 
