@@ -119,8 +119,25 @@ async fn open(addr: std::net::SocketAddr, n: usize) -> Vec<pulsegate_testkit::Ra
     conns
 }
 
+/// Both ends of every connection live in this process: lift the soft
+/// open-file limit to the hard one (the default soft limit is often 1024).
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            eprintln!("could not raise RLIMIT_NOFILE: {e}");
+        }
+    }
+}
+
 #[test]
 fn an_idle_connection_holds_at_most_the_budget() {
+    raise_nofile_limit();
     AllocationRegistry::set_global_tracker(ServerHeap).expect("one tracker");
     AllocationRegistry::enable_tracking();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
