@@ -19,6 +19,10 @@
 //! `Upgrade`/`Connection` (400/426), answers by itself (200) or cannot reach
 //! the backend (502) shows up. After a `101` the same stream is handed to
 //! tokio-websockets, which also answers the server's pings during `--idle`.
+//! Every upgrade the probe makes (measured, TLS resumption, `--idle`) carries
+//! the same extra headers: [`ProbeOptions::token`] as `Authorization: Bearer`,
+//! [`ProbeOptions::origin`] and [`ProbeOptions::headers`]. The token is never
+//! shown, and is replaced by `***` where a server echoes it.
 //!
 //! [`run`] measures and returns a [`ProbeReport`]; [`diagnose`] (called by
 //! `run`) turns the numbers into [`Finding`]s, and the report renders as a
@@ -92,7 +96,10 @@ impl Default for Thresholds {
 }
 
 /// What to probe and how.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows the token, and the values of `Authorization`, `Cookie` and
+/// `Proxy-Authorization` headers, as `***`.
+#[derive(Clone)]
 pub struct ProbeOptions {
     /// `ws://host:port/ws` or `wss://host/ws`.
     pub url: String,
@@ -106,6 +113,43 @@ pub struct ProbeOptions {
     pub thresholds: Thresholds,
     /// Extra CA certificates (PEM files) to trust for `wss://`.
     pub ca_files: Vec<PathBuf>,
+    /// Sent as `Authorization: Bearer <token>` on every upgrade (a server
+    /// with `auth.mode = "jwt"`). Never shown: not in the report, not in
+    /// errors; where it shows up in a server's answer it is replaced by `***`.
+    pub token: Option<String>,
+    /// Sent as `Origin` on every upgrade (a server with `server.allowed_origins`).
+    pub origin: Option<String>,
+    /// More request headers for every upgrade, e.g. from [`parse_header`];
+    /// checked by [`run`] like [`parse_header`] checks them.
+    pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ProbeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let v = if is_sensitive(n.trim()) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (n.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("ProbeOptions")
+            .field("url", &self.url)
+            .field("count", &self.count)
+            .field("timeout", &self.timeout)
+            .field("idle", &self.idle)
+            .field("thresholds", &self.thresholds)
+            .field("ca_files", &self.ca_files)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("origin", &self.origin)
+            .field("headers", &headers)
+            .finish()
+    }
 }
 
 impl ProbeOptions {
@@ -118,8 +162,138 @@ impl ProbeOptions {
             idle: None,
             thresholds: Thresholds::default(),
             ca_files: Vec::new(),
+            token: None,
+            origin: None,
+            headers: Vec::new(),
         }
     }
+}
+
+/// Request headers the probe writes itself; `--header` may not set them.
+const RESERVED_HEADERS: [&str; 7] = [
+    "Host",
+    "Upgrade",
+    "Connection",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Extensions",
+];
+
+/// Headers whose values are credentials: hidden like the token.
+fn is_sensitive(name: &str) -> bool {
+    ["authorization", "proxy-authorization", "cookie"]
+        .iter()
+        .any(|s| name.eq_ignore_ascii_case(s))
+}
+
+/// Parses one `--header 'Name: value'` and checks it with the rules of
+/// [`run`]: a name that is an HTTP token and not one the probe writes itself
+/// (Host, Upgrade, Connection, Sec-WebSocket-*), no CR, LF or NUL anywhere.
+/// Spaces around the value are trimmed. Errors name the header but never
+/// show its value.
+pub fn parse_header(s: &str) -> Result<(String, String), ProbeError> {
+    let Some((name, value)) = s.split_once(':') else {
+        return Err(ProbeError::InvalidOption(
+            "--header expects `Name: value`, got a header without `:`".into(),
+        ));
+    };
+    let (name, value) = (name.trim(), value.trim_matches([' ', '\t']));
+    check_header(name, value)?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+fn check_header(name: &str, value: &str) -> Result<(), ProbeError> {
+    let invalid = |why: String| Err(ProbeError::InvalidOption(why));
+    if name.is_empty() {
+        return invalid("--header has an empty name; expected `Name: value`".into());
+    }
+    if name.contains(['\r', '\n']) || value.contains(['\r', '\n']) {
+        return invalid(format!(
+            "--header {name:?}: CR and LF are not allowed in a header name or value"
+        ));
+    }
+    // RFC 9110 §5.6.2: a field name is a token.
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !name.chars().all(tchar) {
+        return invalid(format!("--header {name:?} is not a valid header name"));
+    }
+    if let Some(reserved) = RESERVED_HEADERS
+        .iter()
+        .find(|r| r.eq_ignore_ascii_case(name))
+    {
+        return invalid(format!(
+            "--header `{reserved}` cannot be set: the probe writes {} itself",
+            RESERVED_HEADERS.join(", ")
+        ));
+    }
+    if value.contains('\0') {
+        return invalid(format!("--header `{name}`: NUL is not allowed in a value"));
+    }
+    Ok(())
+}
+
+/// The request headers every upgrade carries besides its own: the token as
+/// `Authorization`, the `Origin`, then `--header`s, all checked.
+fn request_headers(opts: &ProbeOptions) -> Result<Vec<(String, String)>, ProbeError> {
+    let invalid = |why: &str| Err(ProbeError::InvalidOption(why.to_owned()));
+    let named = |name: &str| {
+        opts.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
+    let mut headers = Vec::new();
+    if let Some(token) = &opts.token {
+        let token = token.trim();
+        if token.is_empty() {
+            return invalid("--token is empty");
+        }
+        if token.contains(|c: char| c.is_ascii_control() || c == ' ') {
+            return invalid("--token must not contain spaces or control characters (CR, LF…)");
+        }
+        if named("authorization") {
+            return invalid(
+                "--token and --header Authorization both set the Authorization header: give one",
+            );
+        }
+        headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
+    }
+    if let Some(origin) = &opts.origin {
+        let origin = origin.trim();
+        if origin.is_empty() {
+            return invalid("--origin is empty");
+        }
+        if origin.contains(|c: char| c.is_ascii_control()) {
+            return invalid("--origin must not contain control characters (CR, LF…)");
+        }
+        if named("origin") {
+            return invalid("--origin and --header Origin both set the Origin header: give one");
+        }
+        headers.push(("Origin".to_owned(), origin.to_owned()));
+    }
+    for (name, value) in &opts.headers {
+        let (name, value) = (name.trim(), value.trim_matches([' ', '\t']));
+        check_header(name, value)?;
+        headers.push((name.to_owned(), value.to_owned()));
+    }
+    Ok(headers)
+}
+
+/// What the report must never show: the token, and credentials given as
+/// `--header` (the whole value and the part after an auth scheme).
+fn secrets(opts: &ProbeOptions) -> Vec<String> {
+    let mut out: Vec<String> = opts.token.iter().map(|t| t.trim().to_owned()).collect();
+    for (_, value) in opts.headers.iter().filter(|(n, _)| is_sensitive(n.trim())) {
+        let value = value.trim();
+        out.push(value.to_owned());
+        if let Some((_, credential)) = value.split_once(' ') {
+            out.push(credential.trim().to_owned());
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    // Longest first, so a value is replaced before a part of it.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
 }
 
 /// Why a probe could not even start (bad options). Network failures are not
@@ -402,6 +576,12 @@ pub struct ProbeReport {
     /// Set when the server could not be reached or the upgrade failed: the
     /// probe as a whole failed (non-zero exit).
     pub failure: Option<String>,
+    /// Whether the upgrades carried credentials (`--token`, or an
+    /// `Authorization` header): decides the advice on a 401 or a refused
+    /// subscription.
+    pub sent_credentials: bool,
+    /// Whether the upgrades carried an `Origin` header: decides the advice on a 403.
+    pub sent_origin: bool,
 }
 
 impl ProbeReport {
@@ -425,6 +605,8 @@ impl ProbeReport {
             idle: None,
             findings: Vec::new(),
             failure: None,
+            sent_credentials: target.has_header("authorization"),
+            sent_origin: target.has_header("origin"),
         }
     }
 
@@ -454,6 +636,34 @@ impl ProbeReport {
         if step.error.is_none() {
             step.error = Some(error);
         }
+    }
+
+    /// Replaces `secret` by `***` in everything the server or the network
+    /// put into the report.
+    fn redact(&mut self, secret: &str) {
+        let scrub = |s: &mut String| {
+            if s.contains(secret) {
+                *s = s.replace(secret, "***");
+            }
+        };
+        if let Some(u) = &mut self.upgrade {
+            scrub(&mut u.reason);
+            u.headers.iter_mut().for_each(|(_, v)| scrub(v));
+            scrub(&mut u.body);
+            u.problems.iter_mut().for_each(scrub);
+        }
+        for (_, step) in &mut self.steps {
+            step.error.iter_mut().for_each(scrub);
+        }
+        self.failure.iter_mut().for_each(scrub);
+        if let Some(w) = &mut self.welcome {
+            scrub(&mut w.node);
+        }
+        if let Some(i) = &mut self.idle {
+            scrub(&mut i.reason);
+            i.error.iter_mut().for_each(scrub);
+        }
+        self.findings.iter_mut().for_each(|f| scrub(&mut f.message));
     }
 
     /// Whether the probe succeeded: server reached and upgrade accepted.
@@ -662,7 +872,9 @@ impl ProbeReport {
 /// refuses the upgrade gives `Ok` with [`ProbeReport::failure`] set, so the
 /// partial measurements and the diagnosis are still available.
 pub async fn run(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
-    let target = Target::parse(&opts.url)?;
+    let mut target = Target::parse(&opts.url)?;
+    // Carried by `target` into every upgrade: measured, resumption and idle.
+    target.headers = request_headers(opts)?;
     if opts.count == 0 {
         return Err(ProbeError::InvalidOption(
             "--count must be at least 1".into(),
@@ -688,6 +900,10 @@ pub async fn run(opts: &ProbeOptions) -> Result<ProbeReport, ProbeError> {
             let cfg = tls.as_ref().map(|t| (&t.full, &t.server_name));
             report.idle = Some(hold_idle(opts, &target, cfg, addr, idle).await);
         }
+    }
+    // A server may echo what it refused (a proxy's error page, say).
+    for secret in secrets(opts) {
+        report.redact(&secret);
     }
     report.findings = diagnose(&report, &opts.thresholds);
     Ok(report)
@@ -1033,7 +1249,7 @@ pub fn diagnose(report: &ProbeReport, th: &Thresholds) -> Vec<Finding> {
         ));
     }
     if let Some(u) = &report.upgrade {
-        if let Some(m) = upgrade_finding(u) {
+        if let Some(m) = upgrade_finding(u, report.sent_credentials, report.sent_origin) {
             f.push(problem("upgrade_refused", m));
         }
     } else if let Some(e) = report.step(StepKind::Upgrade).and_then(|s| s.error.clone()) {
@@ -1111,10 +1327,18 @@ pub fn diagnose(report: &ProbeReport, th: &Thresholds) -> Vec<Finding> {
             break;
         }
         if let Some(e) = report.step(kind).and_then(|s| s.error.clone()) {
-            f.push(problem(
-                "step_failed",
-                format!("{} failed: {e}", kind.label()),
-            ));
+            let mut m = format!("{} failed: {e}", kind.label());
+            // What a server with `auth.mode = "jwt"` answers a connection
+            // without a token, or with one that does not grant the topic.
+            if kind == StepKind::PubSub && e.contains(": forbidden:") {
+                m.push_str(if report.sent_credentials {
+                    "; the token must allow subscribe and publish on probe/#"
+                } else {
+                    "; the server requires authentication and no token was sent: pass --token TOKEN \
+                     (allowing subscribe and publish on probe/#)"
+                });
+            }
+            f.push(problem("step_failed", m));
         }
     }
 
@@ -1228,8 +1452,13 @@ pub fn diagnose(report: &ProbeReport, th: &Thresholds) -> Vec<Finding> {
     f
 }
 
-/// The plain-language explanation of a refused or mangled upgrade.
-fn upgrade_finding(u: &UpgradeResponse) -> Option<String> {
+/// The plain-language explanation of a refused or mangled upgrade; whether
+/// credentials and an `Origin` were sent decides the advice on 401 and 403.
+fn upgrade_finding(
+    u: &UpgradeResponse,
+    sent_credentials: bool,
+    sent_origin: bool,
+) -> Option<String> {
     if u.switched() {
         return None;
     }
@@ -1254,6 +1483,13 @@ fn upgrade_finding(u: &UpgradeResponse) -> Option<String> {
                 (a proxy or CDN without WebSocket support, or a URL that is not the WebSocket endpoint)"
             .into(),
         404 => "upgrade answered 404: wrong path (pulsegate serves WebSocket at /ws)".into(),
+        401 if !sent_credentials => "upgrade answered 401: the server requires authentication \
+                and no token was sent: pass --token TOKEN"
+            .into(),
+        403 if !sent_origin => "upgrade answered 403: refused by authentication or the Origin check; \
+                no Origin was sent and the server may check Origin: pass --origin ORIGIN \
+                (one it allows, see server.allowed_origins)"
+            .into(),
         401 | 403 => format!(
             "upgrade answered {s}: refused by authentication or the Origin check (server.allowed_origins)"
         ),
@@ -1279,6 +1515,8 @@ struct Target {
     port: u16,
     /// Path and query of the request line.
     path: String,
+    /// More request headers for every upgrade (see [`request_headers`]).
+    headers: Vec<(String, String)>,
 }
 
 impl Target {
@@ -1315,7 +1553,14 @@ impl Target {
             host_header,
             port,
             path,
+            headers: Vec::new(),
         })
+    }
+
+    fn has_header(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 }
 
@@ -1410,14 +1655,23 @@ async fn upgrade(
     let mut key = [0u8; 16];
     fastrand::fill(&mut key);
     let key = base64::engine::general_purpose::STANDARD.encode(key);
-    let request = format!(
+    let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: {JSON_PROTOCOL}\r\nUser-Agent: pulsegate-probe/{}\r\n\r\n",
-        target.path,
-        target.host_header,
-        env!("CARGO_PKG_VERSION")
+         Sec-WebSocket-Protocol: {JSON_PROTOCOL}\r\n",
+        target.path, target.host_header,
     );
+    if !target.has_header("user-agent") {
+        let _ = write!(
+            request,
+            "User-Agent: pulsegate-probe/{}\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    for (name, value) in &target.headers {
+        let _ = write!(request, "{name}: {value}\r\n");
+    }
+    request.push_str("\r\n");
     let start = Instant::now();
     let head = tokio::time::timeout(limit, async {
         stream.write_all(request.as_bytes()).await?;
@@ -1850,6 +2104,9 @@ mod tests {
             (426, "strips them"),
             (200, "instead of 101"),
             (502, "could not reach the server"),
+            // Nothing was sent that the server may want.
+            (401, "no token was sent: pass --token TOKEN"),
+            (403, "the server may check Origin: pass --origin ORIGIN"),
         ] {
             r.upgrade = Some(UpgradeResponse {
                 status,
@@ -1865,6 +2122,181 @@ mod tests {
     }
 
     #[test]
+    fn refused_auth_and_origin_say_which_flag_is_missing() {
+        let mut r = report_with(&[(StepKind::TcpConnect, 100)]);
+        r.welcome = None;
+        let existing = "refused by authentication or the Origin check (server.allowed_origins)";
+        // (status, token sent, origin sent, expected, not expected)
+        for (status, token, origin, needle, absent) in [
+            (
+                401,
+                false,
+                false,
+                "no token was sent: pass --token TOKEN",
+                "--origin",
+            ),
+            (
+                401,
+                false,
+                true,
+                "no token was sent: pass --token TOKEN",
+                "--origin",
+            ),
+            (401, true, false, existing, "--token"),
+            (
+                403,
+                false,
+                false,
+                "no Origin was sent and the server may check Origin: pass --origin ORIGIN",
+                "--token",
+            ),
+            (403, true, false, "pass --origin ORIGIN", "--token"),
+            (403, false, true, existing, "--origin"),
+            (403, true, true, existing, "--origin"),
+        ] {
+            r.sent_credentials = token;
+            r.sent_origin = origin;
+            r.upgrade = Some(UpgradeResponse {
+                status,
+                reason: "X".into(),
+                headers: vec![],
+                body: String::new(),
+                problems: vec![],
+            });
+            let f = diagnose(&r, &Thresholds::default());
+            let m = &f[0].message;
+            assert_eq!(f[0].code, "upgrade_refused");
+            assert!(
+                m.starts_with(&format!("upgrade answered {status}: ")),
+                "{m}"
+            );
+            assert!(m.contains(needle), "{status} {token} {origin}: {m}");
+            assert!(!m.contains(absent), "{status} {token} {origin}: {m}");
+        }
+    }
+
+    #[test]
+    fn a_forbidden_subscription_asks_for_a_token() {
+        let mut r = report_with(&[(StepKind::TcpConnect, 100), (StepKind::AppPing, 100)]);
+        r.fail_step(
+            StepKind::PubSub,
+            "subscribe refused: forbidden: authenticate first to subscribe".into(),
+        );
+        let f = diagnose(&r, &Thresholds::default());
+        assert_eq!(f[0].code, "step_failed");
+        assert!(
+            f[0].message.ends_with(
+                "no token was sent: pass --token TOKEN (allowing subscribe and publish on probe/#)"
+            ),
+            "{}",
+            f[0].message
+        );
+        r.sent_credentials = true;
+        let f = diagnose(&r, &Thresholds::default());
+        assert!(
+            f[0].message
+                .ends_with("; the token must allow subscribe and publish on probe/#"),
+            "{}",
+            f[0].message
+        );
+        // Other failures keep their wording.
+        r.sent_credentials = false;
+        r.steps.iter_mut().for_each(|(_, s)| s.error = None);
+        r.fail_step(StepKind::PubSub, "timed out".into());
+        let f = diagnose(&r, &Thresholds::default());
+        assert_eq!(f[0].message, "pub→sub round trip failed: timed out");
+    }
+
+    #[test]
+    fn header_flags_are_checked() {
+        assert_eq!(
+            parse_header("X-Tenant:  acme ").unwrap(),
+            ("X-Tenant".to_owned(), "acme".to_owned())
+        );
+        assert_eq!(
+            parse_header("Authorization: Basic a:b").unwrap(),
+            ("Authorization".to_owned(), "Basic a:b".to_owned())
+        );
+        assert_eq!(parse_header("X-Empty:").unwrap().1, "");
+        let err = |s: &str| parse_header(s).unwrap_err().to_string();
+        let e = err("X-Tenant acme-secret");
+        assert!(e.contains("expects `Name: value`"), "{e}");
+        assert!(!e.contains("acme-secret"), "the value is never shown: {e}");
+        for name in [
+            "Host",
+            "upgrade",
+            "CONNECTION",
+            "Sec-WebSocket-Key",
+            "sec-websocket-version",
+            "Sec-WebSocket-Protocol",
+        ] {
+            let e = err(&format!("{name}: x"));
+            assert!(e.contains("cannot be set"), "{name}: {e}");
+            assert!(
+                e.to_lowercase()
+                    .contains(&format!("`{}`", name.to_lowercase())),
+                "{name}: {e}"
+            );
+        }
+        for bad in [
+            "X-A: b\r\nHost: evil",
+            "X-A: b\nX-B: c",
+            "X-A: b\r",
+            "X\r\nA: b",
+        ] {
+            let e = err(bad);
+            assert!(e.contains("CR and LF are not allowed"), "{bad:?}: {e}");
+            assert!(!e.contains("evil") && !e.contains("X-B"), "{bad:?}: {e}");
+        }
+        assert!(err(": v").contains("empty name"));
+        assert!(err("X A: v").contains("not a valid header name"));
+
+        // `run` applies the same rules to options built directly, and to
+        // --token and --origin; a token is never part of an error.
+        let headers = |o: ProbeOptions| request_headers(&o).map_err(|e| e.to_string());
+        let base = ProbeOptions::new("ws://127.0.0.1:1/ws");
+        let mut o = base.clone();
+        o.token = Some(" tok.en ".into());
+        o.origin = Some("https://app.example".into());
+        o.headers = vec![("X-A".into(), "1".into())];
+        assert_eq!(
+            headers(o).unwrap(),
+            [
+                ("Authorization".to_owned(), "Bearer tok.en".to_owned()),
+                ("Origin".to_owned(), "https://app.example".to_owned()),
+                ("X-A".to_owned(), "1".to_owned()),
+            ]
+        );
+        let mut o = base.clone();
+        o.headers = vec![("Sec-WebSocket-Key".into(), "x".into())];
+        assert!(headers(o)
+            .unwrap_err()
+            .contains("`Sec-WebSocket-Key` cannot be set"));
+        let mut o = base.clone();
+        o.token = Some("secret\r\nX-Injected: 1".into());
+        let e = headers(o).unwrap_err();
+        assert!(e.contains("--token must not contain"), "{e}");
+        assert!(!e.contains("secret") && !e.contains("Injected"), "{e}");
+        let mut o = base.clone();
+        o.token = Some("secret-token".into());
+        o.headers = vec![("authorization".into(), "Bearer other".into())];
+        let e = headers(o.clone()).unwrap_err();
+        assert!(e.contains("both set the Authorization header"), "{e}");
+        assert!(!e.contains("secret-token"), "{e}");
+        let debug = format!("{o:?}");
+        assert!(
+            !debug.contains("secret-token") && !debug.contains("other"),
+            "{debug}"
+        );
+        assert!(debug.contains("***"), "{debug}");
+        let mut o = base;
+        o.origin = Some("https://a\r\nX: y".into());
+        assert!(headers(o)
+            .unwrap_err()
+            .contains("--origin must not contain"));
+    }
+
+    #[test]
     fn a_101_without_upgrade_headers_is_not_a_switch() {
         let mut u = UpgradeResponse {
             status: 101,
@@ -1876,7 +2308,7 @@ mod tests {
         u.check_switch("k");
         assert!(!u.switched());
         assert_eq!(u.problems.len(), 2, "{:?}", u.problems);
-        assert!(upgrade_finding(&u)
+        assert!(upgrade_finding(&u, false, false)
             .unwrap()
             .contains("lacks `Upgrade: websocket`"));
     }

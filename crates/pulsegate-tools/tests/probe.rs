@@ -1,12 +1,18 @@
 //! `pulsegate probe` against a real server on `127.0.0.1:0`, and against the
 //! things that go wrong in front of one: a "proxy" that refuses the upgrade,
 //! a relay that adds 50 ms to every chunk, a relay that cuts connections
-//! after a second, and a TLS server (resumption measured).
+//! after a second, a TLS server (resumption measured), and servers that need
+//! a token (`auth.mode = "jwt"`) or an allowed Origin, directly and behind a
+//! gateway that refuses upgrades without them (`--token`, `--origin`,
+//! `--header`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::{encode, EncodingKey, Header};
+use pulsegate_server::config::{AuthMode, Secret};
 use pulsegate_testkit::TestServer;
 use pulsegate_tools::probe::{self, Level, ProbeOptions, StepKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -359,4 +365,358 @@ async fn wss_times_full_and_resumed_handshakes() {
         "{}",
         report.findings[0].message
     );
+}
+
+const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!!";
+const ALLOWED_ORIGIN: &str = "https://app.example";
+
+/// An HS256 token for `sub`, valid for five minutes, signed with `secret`.
+fn token(secret: &str, subscribe: &[&str], publish: &[&str]) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    encode(
+        &Header::default(),
+        &serde_json::json!({"sub": "prober", "exp": exp, "subscribe": subscribe, "publish": publish}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token that may use the probe's own topics (`probe/<random>`).
+fn probe_token() -> String {
+    token(SECRET, &["probe/#"], &["probe/#"])
+}
+
+async fn jwt_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.auth.mode = AuthMode::Jwt;
+        c.auth.jwt_hs256_secret = Some(Secret::new(SECRET));
+    })
+    .await
+}
+
+async fn origin_server() -> TestServer {
+    TestServer::start_with(|c| c.server.allowed_origins = vec![ALLOWED_ORIGIN.into()]).await
+}
+
+/// The text and the JSON of a report, for "never shows the token" checks.
+fn rendered(report: &probe::ProbeReport) -> String {
+    format!("{}\n{}", report.render_text(), report.to_json())
+}
+
+fn finding<'a>(report: &'a probe::ProbeReport, code: &str) -> &'a probe::Finding {
+    report
+        .findings
+        .iter()
+        .find(|f| f.code == code)
+        .unwrap_or_else(|| panic!("no `{code}` finding:\n{}", report.render_text()))
+}
+
+/// Request heads seen by a [`gate`].
+type Heads = Arc<Mutex<Vec<String>>>;
+
+/// A gateway in front of `upstream`, like an auth proxy or a WAF: records
+/// every request head, answers `refusal` when the head lacks header
+/// `required`, and relays the connection to `upstream` otherwise.
+async fn gate(
+    upstream: SocketAddr,
+    required: &'static str,
+    refusal: &'static str,
+) -> (SocketAddr, Heads) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Heads::default();
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                seen.lock().unwrap().push(text.clone());
+                let present = text.lines().any(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(required))
+                });
+                if !present {
+                    let body = format!("{{\"error\":\"{required} required\"}}");
+                    let resp = format!(
+                        "HTTP/1.1 {refusal}\r\nServer: gate\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(resp.as_bytes()).await;
+                    let _ = client.shutdown().await;
+                    return;
+                }
+                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                if server.write_all(&head).await.is_err() {
+                    return;
+                }
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::join!(pipe(cr, sw, Duration::ZERO), pipe(sr, cw, Duration::ZERO));
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn jwt_server_probed_without_a_token_is_told_to_pass_one() {
+    let server = jwt_server().await;
+
+    // pulsegate itself lets a connection without a token upgrade (it may
+    // still send an `auth` message) but refuses its subscription.
+    let report = probe::run(&opts(server.ws_url(), 1)).await.unwrap();
+    assert_eq!(report.upgrade.as_ref().unwrap().status, 101);
+    let error = report.step(StepKind::PubSub).unwrap().error.clone();
+    assert!(
+        error.as_deref().unwrap_or("").contains("forbidden"),
+        "{}",
+        report.render_text()
+    );
+    let f = finding(&report, "step_failed");
+    assert_eq!(f.level, Level::Problem);
+    assert!(
+        f.message.ends_with(
+            "the server requires authentication and no token was sent: pass --token TOKEN \
+             (allowing subscribe and publish on probe/#)"
+        ),
+        "{}",
+        f.message
+    );
+
+    // A token without rights on the probe's topics: the advice changes.
+    let mut o = opts(server.ws_url(), 1);
+    o.token = Some(token(SECRET, &["other/#"], &["other/#"]));
+    let report = probe::run(&o).await.unwrap();
+    let f = finding(&report, "step_failed");
+    assert!(
+        f.message
+            .ends_with("the token must allow subscribe and publish on probe/#"),
+        "{}",
+        f.message
+    );
+
+    // An auth gateway in front answers 401 to an upgrade without a token.
+    let (addr, _) = gate(server.addr, "authorization", "401 Unauthorized").await;
+    let report = probe::run(&opts(format!("ws://{addr}/ws"), 1))
+        .await
+        .unwrap();
+    assert!(!report.is_success());
+    assert_eq!(
+        report.failure.as_deref(),
+        Some("upgrade answered 401 instead of 101")
+    );
+    let f = &report.findings[0];
+    assert_eq!((f.level, f.code), (Level::Problem, "upgrade_refused"));
+    assert!(
+        f.message.starts_with(
+            "upgrade answered 401: the server requires authentication and no token was sent: pass --token TOKEN"
+        ),
+        "{}",
+        f.message
+    );
+    assert_eq!(report.to_json()["diagnosis"][0]["code"], "upgrade_refused");
+}
+
+#[tokio::test]
+async fn jwt_server_probed_with_a_token_succeeds_including_pub_sub() {
+    let server = jwt_server().await;
+    let t = probe_token();
+    let mut o = opts(server.ws_url(), 3);
+    o.token = Some(t.clone());
+    let report = probe::run(&o).await.unwrap();
+
+    assert!(report.is_success(), "{}", report.render_text());
+    assert!(!report.has_problems(), "{}", report.render_text());
+    assert_eq!(report.findings[0].code, "no_problem");
+    let pub_sub = report.step(StepKind::PubSub).unwrap();
+    assert_eq!(pub_sub.samples.len(), 3, "{pub_sub:?}");
+    assert!(pub_sub.error.is_none(), "{pub_sub:?}");
+    assert_eq!(report.to_json()["steps"]["pub_sub"]["n"], 3);
+    let out = rendered(&report);
+    assert!(!out.contains(&t), "the token is shown:\n{out}");
+    assert!(!format!("{o:?}").contains(&t), "the token is in Debug");
+}
+
+#[tokio::test]
+async fn token_origin_and_headers_go_on_every_upgrade() {
+    let server = TestServer::start_with(|c| {
+        c.auth.mode = AuthMode::Jwt;
+        c.auth.jwt_hs256_secret = Some(Secret::new(SECRET));
+        c.server.allowed_origins = vec![ALLOWED_ORIGIN.into()];
+    })
+    .await;
+    let (addr, heads) = gate(server.addr, "authorization", "401 Unauthorized").await;
+    let t = probe_token();
+    let mut o = opts(format!("ws://{addr}/ws"), 2);
+    o.token = Some(t.clone());
+    o.origin = Some(ALLOWED_ORIGIN.into());
+    o.headers = vec![probe::parse_header("X-Probe-Test: yes").unwrap()];
+    o.idle = Some(Duration::from_millis(300));
+    let report = probe::run(&o).await.unwrap();
+
+    assert!(report.is_success(), "{}", report.render_text());
+    assert_eq!(report.step(StepKind::PubSub).unwrap().samples.len(), 2);
+    let idle = report.idle.as_ref().unwrap();
+    assert!(
+        idle.error.is_none() && idle.closed_after.is_none(),
+        "{idle:?}"
+    );
+    let heads = heads.lock().unwrap().clone();
+    // Two measured upgrades and the idle one.
+    assert_eq!(heads.len(), 3, "{heads:#?}");
+    for head in &heads {
+        for line in [
+            format!("Authorization: Bearer {t}\r\n"),
+            format!("Origin: {ALLOWED_ORIGIN}\r\n"),
+            "X-Probe-Test: yes\r\n".to_owned(),
+            "Sec-WebSocket-Version: 13\r\n".to_owned(),
+        ] {
+            assert!(head.contains(&line), "{line:?} missing from\n{head}");
+        }
+    }
+    let out = rendered(&report);
+    assert!(!out.contains(&t), "the token is shown:\n{out}");
+}
+
+#[tokio::test]
+async fn a_refused_token_is_never_shown_even_when_echoed() {
+    // Signed with another secret: pulsegate answers 401 itself.
+    let server = jwt_server().await;
+    let forged = token(
+        "another-hs256-secret-of-at-least-32-bytes",
+        &["probe/#"],
+        &["probe/#"],
+    );
+    let mut o = opts(server.ws_url(), 1);
+    o.token = Some(forged.clone());
+    let report = probe::run(&o).await.unwrap();
+    assert!(!report.is_success());
+    assert_eq!(report.upgrade.as_ref().unwrap().status, 401);
+    let f = &report.findings[0];
+    assert_eq!(f.code, "upgrade_refused");
+    // A token was sent, so no advice to send one.
+    assert!(
+        f.message
+            .starts_with("upgrade answered 401: refused by authentication"),
+        "{}",
+        f.message
+    );
+    assert!(!f.message.contains("--token"), "{}", f.message);
+    let out = rendered(&report);
+    assert!(!out.contains(&forged), "the token is shown:\n{out}");
+
+    // A server that echoes the request (Authorization included) in its refusal.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let auth = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Authorization: "))
+                .unwrap_or("")
+                .to_owned();
+            let resp = format!(
+                "HTTP/1.1 403 Forbidden\r\nX-Seen-Authorization: {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+                head.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    let mut o = opts(format!("ws://{addr}/ws"), 1);
+    o.token = Some(forged.clone());
+    let report = probe::run(&o).await.unwrap();
+    let upgrade = report.upgrade.as_ref().unwrap();
+    assert_eq!(upgrade.status, 403);
+    assert_eq!(upgrade.header("x-seen-authorization"), Some("Bearer ***"));
+    assert!(
+        upgrade.body.contains("Authorization: Bearer ***"),
+        "{}",
+        upgrade.body
+    );
+    let out = rendered(&report);
+    assert!(!out.contains(&forged), "the token is shown:\n{out}");
+}
+
+#[tokio::test]
+async fn origin_allow_list_needs_an_allowed_origin() {
+    let server = origin_server().await;
+
+    // A foreign Origin: pulsegate answers 403; an Origin was sent, so the
+    // finding keeps its general wording.
+    let mut o = opts(server.ws_url(), 1);
+    o.origin = Some("https://evil.example".into());
+    let report = probe::run(&o).await.unwrap();
+    assert!(!report.is_success());
+    let upgrade = report.upgrade.as_ref().unwrap();
+    assert_eq!(upgrade.status, 403, "{}", report.render_text());
+    assert!(
+        upgrade.body.contains("https://evil.example"),
+        "{}",
+        upgrade.body
+    );
+    let f = &report.findings[0];
+    assert_eq!(f.code, "upgrade_refused");
+    assert!(
+        f.message
+            .contains("refused by authentication or the Origin check (server.allowed_origins)"),
+        "{}",
+        f.message
+    );
+    assert!(!f.message.contains("pass --origin"), "{}", f.message);
+
+    // The allowed Origin: every step succeeds.
+    let mut o = opts(server.ws_url(), 2);
+    o.origin = Some(ALLOWED_ORIGIN.into());
+    let report = probe::run(&o).await.unwrap();
+    assert!(report.is_success(), "{}", report.render_text());
+    assert!(!report.has_problems(), "{}", report.render_text());
+    assert_eq!(report.step(StepKind::PubSub).unwrap().samples.len(), 2);
+
+    // A gateway in front that refuses requests without an Origin with 403.
+    let (addr, _) = gate(server.addr, "origin", "403 Forbidden").await;
+    let report = probe::run(&opts(format!("ws://{addr}/ws"), 1))
+        .await
+        .unwrap();
+    assert!(!report.is_success());
+    assert_eq!(report.upgrade.as_ref().unwrap().status, 403);
+    let f = &report.findings[0];
+    assert_eq!((f.level, f.code), (Level::Problem, "upgrade_refused"));
+    assert!(
+        f.message
+            .contains("no Origin was sent and the server may check Origin: pass --origin ORIGIN"),
+        "{}",
+        f.message
+    );
+    let mut o = opts(format!("ws://{addr}/ws"), 1);
+    o.origin = Some(ALLOWED_ORIGIN.into());
+    let report = probe::run(&o).await.unwrap();
+    assert!(report.is_success(), "{}", report.render_text());
+    assert_eq!(report.step(StepKind::PubSub).unwrap().samples.len(), 1);
 }

@@ -9,8 +9,8 @@ use anyhow::bail;
 use clap::Args;
 use pulsegate_tools::probe::{self, ProbeOptions, Thresholds};
 
-/// Arguments of `pulsegate probe`.
-#[derive(Debug, Args)]
+/// Arguments of `pulsegate probe`. No `Debug`: it would show `--token`.
+#[derive(Args)]
 pub struct ProbeArgs {
     /// Server WebSocket URL (ws:// or wss://), e.g. wss://gw.example.com/ws.
     pub url: String,
@@ -37,6 +37,23 @@ pub struct ProbeArgs {
     /// Also trust the CA certificate(s) in this PEM file (wss:// with a private CA).
     #[arg(long, value_name = "PEM")]
     pub ca_file: Vec<PathBuf>,
+    /// Send `Authorization: Bearer TOKEN` on every upgrade (a server with
+    /// auth.mode = "jwt"; the pub→sub step needs subscribe and publish on
+    /// probe/#). Never printed.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PULSEGATE_PROBE_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Send `Origin: ORIGIN` on every upgrade (a server with
+    /// server.allowed_origins), e.g. https://app.example.com.
+    #[arg(long, value_name = "ORIGIN")]
+    pub origin: Option<String>,
+    /// Another request header for every upgrade, as 'Name: value' (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -44,6 +61,12 @@ pub struct ProbeArgs {
 
 /// Runs the probe and prints its report; an error when the probe failed.
 pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
+    // Parsed here rather than by clap, whose errors would echo the value.
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| probe::parse_header(h))
+        .collect::<Result<Vec<_>, _>>()?;
     let opts = ProbeOptions {
         url: args.url,
         count: args.count,
@@ -55,6 +78,9 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
             tls: args.tls_threshold,
         },
         ca_files: args.ca_file,
+        token: args.token,
+        origin: args.origin,
+        headers,
     };
     let report = probe::run(&opts).await?;
     if args.json {
