@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use pulsegate_server::Config;
-use pulsegate_testkit::{http, raw_upgrade};
+use pulsegate_testkit::{http, raise_nofile_limit, raw_upgrade};
 use tracking_allocator::{
     AllocationGroupId, AllocationGroupToken, AllocationRegistry, AllocationTracker, Allocator,
 };
@@ -117,22 +117,6 @@ async fn open(addr: std::net::SocketAddr, n: usize) -> Vec<pulsegate_testkit::Ra
         conns.push(ws);
     }
     conns
-}
-
-/// Both ends of every connection live in this process: lift the soft
-/// open-file limit to the hard one (the default soft limit is often 1024).
-fn raise_nofile_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let lim = getrlimit(Resource::Nofile);
-    if lim.current != lim.maximum {
-        let raised = Rlimit {
-            current: lim.maximum,
-            maximum: lim.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            eprintln!("could not raise RLIMIT_NOFILE: {e}");
-        }
-    }
 }
 
 #[test]

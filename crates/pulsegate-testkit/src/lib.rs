@@ -17,6 +17,26 @@ use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
 /// How long test helpers wait for any single event before failing.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (child
+/// processes inherit it), once: tests that hold thousands of sockets
+/// (both ends in this process) need more than the common soft limit of 1024.
+pub fn raise_nofile_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let lim = getrlimit(Resource::Nofile);
+        if lim.current != lim.maximum {
+            let raised = Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            };
+            if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                eprintln!("could not raise RLIMIT_NOFILE to {:?}: {e}", lim.maximum);
+            }
+        }
+    });
+}
+
 /// A running server; drained and stopped when dropped.
 pub struct TestServer {
     /// Bound address.

@@ -2042,6 +2042,17 @@ mod tests {
         assert_eq!(s(&[5, 1, 9]).max(), Some(Duration::from_millis(9)));
     }
 
+    /// An upgrade answered `status` with no headers and no body.
+    fn refused(status: u16) -> UpgradeResponse {
+        UpgradeResponse {
+            status,
+            reason: "X".into(),
+            headers: vec![],
+            body: String::new(),
+            problems: vec![],
+        }
+    }
+
     fn report_with(steps: &[(StepKind, u64)]) -> ProbeReport {
         let mut r = ProbeReport::new(&target("ws://127.0.0.1:1/ws"), 1);
         for (k, us) in steps {
@@ -2108,13 +2119,7 @@ mod tests {
             (401, "no token was sent: pass --token TOKEN"),
             (403, "the server may check Origin: pass --origin ORIGIN"),
         ] {
-            r.upgrade = Some(UpgradeResponse {
-                status,
-                reason: "X".into(),
-                headers: vec![],
-                body: String::new(),
-                problems: vec![],
-            });
+            r.upgrade = Some(refused(status));
             let f = diagnose(&r, &Thresholds::default());
             assert_eq!(f[0].code, "upgrade_refused");
             assert!(f[0].message.contains(needle), "{status}: {}", f[0].message);
@@ -2156,13 +2161,7 @@ mod tests {
         ] {
             r.sent_credentials = token;
             r.sent_origin = origin;
-            r.upgrade = Some(UpgradeResponse {
-                status,
-                reason: "X".into(),
-                headers: vec![],
-                body: String::new(),
-                problems: vec![],
-            });
+            r.upgrade = Some(refused(status));
             let f = diagnose(&r, &Thresholds::default());
             let m = &f[0].message;
             assert_eq!(f[0].code, "upgrade_refused");

@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 use std::time::Duration;
 
 use pulsegate_client::{ClientOptions, Connection};
@@ -28,24 +27,8 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// (a debug build on a loaded machine, plus the backplane connection).
 pub const START_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Raises this process's soft `RLIMIT_NOFILE` to the hard limit (the nodes
-/// it spawns inherit it): the storm test holds 10,000 sockets.
-pub fn raise_nofile_limit() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-        let lim = getrlimit(Resource::Nofile);
-        if lim.current != lim.maximum {
-            let raised = Rlimit {
-                current: lim.maximum,
-                maximum: lim.maximum,
-            };
-            if let Err(e) = setrlimit(Resource::Nofile, raised) {
-                eprintln!("could not raise RLIMIT_NOFILE to {:?}: {e}", lim.maximum);
-            }
-        }
-    });
-}
+/// The storm test holds 10,000 sockets (the nodes it spawns inherit the limit).
+pub use pulsegate_testkit::raise_nofile_limit;
 
 /// A cluster-wide unique `cluster.prefix` for one test (letters, digits, `_`).
 pub fn prefix(test: &str) -> String {
