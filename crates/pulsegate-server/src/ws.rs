@@ -23,6 +23,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Bytes read per `read` call when no larger frame is pending.
 const READ_CHUNK: usize = 4096;
+/// Room for the next read after a read that did not fill its room: usually
+/// a pong or one small request, so a connection that wakes for a heartbeat
+/// does not make a 4 KiB buffer resident to read a few bytes (after a mass
+/// reconnect, heartbeats are synchronised and every connection wakes at
+/// once). A read that fills its room makes the next one [`READ_CHUNK`].
+const SMALL_READ: usize = 512;
 /// Control replies (pongs) queued beyond this stop reading from the
 /// client until they are written: a ping flood cannot grow our memory.
 const MAX_PENDING_CONTROL: usize = 64 * 1024;
@@ -81,6 +87,8 @@ pub struct WsStream<S> {
     /// state should be small (docs/ARCHITECTURE.md, memory).
     deflate: Option<Box<(Deflate, DeflateTally)>>,
     close_sent: bool,
+    /// The last read did not fill its room: the next may be small.
+    small_read: bool,
     /// No more frames will be read: close received, EOF, or a protocol error.
     read_done: bool,
     /// After a protocol error: discard what the client still sends until EOF.
@@ -102,6 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             control_bytes: 0,
             deflate: deflate.map(|d| Box::new((d, DeflateTally::default()))),
             close_sent: false,
+            small_read: true,
             read_done: false,
             discarding: false,
             scratch: Vec::new(),
@@ -132,6 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         self.rbuf = BytesMut::new();
         self.queue = VecDeque::new();
         self.scratch = Vec::new();
+        self.small_read = true;
         true
     }
 
@@ -267,12 +277,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             } else {
                 self.rbuf.clear();
             }
+            let floor = if self.small_read {
+                SMALL_READ
+            } else {
+                READ_CHUNK
+            };
             let want = self
                 .decoder
                 .need()
                 .saturating_sub(self.rbuf.len())
-                .max(READ_CHUNK);
+                .max(floor);
             self.rbuf.reserve(want);
+            let room = self.rbuf.capacity() - self.rbuf.len();
             match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut self.io),
                 cx,
@@ -284,7 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     self.rbuf = BytesMut::new();
                     return Poll::Ready(None);
                 }
-                Ok(_) => {}
+                Ok(n) => self.small_read = n < room,
                 Err(e) => {
                     self.read_done = true;
                     self.discarding = false;

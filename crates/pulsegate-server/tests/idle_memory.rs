@@ -2,10 +2,12 @@
 //! counted exactly: a tracking global allocator tags every allocation made
 //! on the server runtime's threads (each put in its own allocation group in
 //! `on_thread_start`) and counts it until it is freed, wherever that
-//! happens; the clients (on the test's own thread) are not counted. The test holds [`CONNECTIONS`] idle connections until all of
-//! them hibernated, divides the growth of the server's live heap by their
-//! number, prints the allocations by size (what each connection holds), and
-//! fails when a connection costs more than [`BUDGET`] bytes.
+//! happens; the clients (on the test's own thread) are not counted. The test
+//! holds [`CONNECTIONS`] idle connections until all of them hibernated,
+//! divides the growth of the server's live heap by their number, prints the
+//! allocations by size (what each connection holds), and fails when a
+//! connection costs more than [`BUDGET`] bytes; then lets the heartbeat wake
+//! them, answers the pings, and fails above [`AWAKE_BUDGET`].
 //!
 //! This is the allocator's view (requested bytes, no allocator overhead and
 //! no page rounding); `pulsegate bench idle` measures the process RSS of the
@@ -22,9 +24,16 @@ use tracking_allocator::{
 
 /// Idle connections held.
 const CONNECTIONS: usize = 1_000;
-/// Most heap bytes one hibernated connection may hold (debug build; a
-/// release build's futures are smaller). See docs/ARCHITECTURE.md, memory.
+/// Most heap bytes one hibernated connection may hold. See
+/// docs/ARCHITECTURE.md, memory.
 const BUDGET: i64 = 2_048;
+/// Most heap bytes one connection may hold while awake for a heartbeat (it
+/// wrote a ping and read the pong): its run loop, the ping in its write
+/// queue and a small read buffer — not a 4 KiB one for a 14-byte pong.
+const AWAKE_BUDGET: i64 = 4_096;
+/// The server's ping interval here: long enough for every connection to
+/// hibernate first (after 2 s idle), so the heartbeat wakes them.
+const PING_INTERVAL: Duration = Duration::from_secs(8);
 
 /// Sizes counted one by one; larger ones share the last slot.
 const SIZES: usize = 8_193;
@@ -109,6 +118,19 @@ async fn wait_hibernating(addr: std::net::SocketAddr, n: usize) {
     }
 }
 
+/// Waits until at most `asleep` connections still hibernate (the heartbeat
+/// woke the others).
+async fn wait_awake(addr: std::net::SocketAddr, asleep: usize) {
+    let deadline = Instant::now() + PING_INTERVAL + Duration::from_secs(20);
+    while metric(addr, "pulsegate_hibernating_connections").await as usize > asleep {
+        assert!(
+            Instant::now() < deadline,
+            "the heartbeat did not wake the connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn open(addr: std::net::SocketAddr, n: usize) -> Vec<pulsegate_testkit::RawWs> {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
@@ -135,6 +157,9 @@ fn an_idle_connection_holds_at_most_the_budget() {
     // Every client comes from 127.0.0.1.
     config.limits.handshake_rate_per_ip = 0;
     config.limits.max_connections_per_ip = 10_000;
+    config.heartbeat.ping_interval = PING_INTERVAL;
+    // The warm-up connections never answer pings; keep them open.
+    config.heartbeat.pong_timeout = Duration::from_secs(60);
     config.validate().expect("config");
     let running = server_rt
         .block_on(async { server_rt.spawn(pulsegate_server::start(config)).await })
@@ -193,6 +218,22 @@ fn an_idle_connection_holds_at_most_the_budget() {
         assert!(
             per_conn <= BUDGET,
             "an idle connection holds {per_conn} heap bytes, over the {BUDGET}-byte budget"
+        );
+
+        // The heartbeat wakes them; each answers its ping (the first: 1).
+        // (The warm-up ones were pinged at other times.)
+        wait_awake(addr, warm.len() + CONNECTIONS / 20).await;
+        let mut conns = conns;
+        for c in conns.iter_mut() {
+            c.send_frame(0xA, &1u64.to_be_bytes()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (awake, _, _) = snapshot();
+        let per_awake = (awake - before) / CONNECTIONS as i64;
+        println!("heap per connection after a heartbeat's ping and pong: {per_awake} bytes");
+        assert!(
+            per_awake <= AWAKE_BUDGET,
+            "a connection awake for a heartbeat holds {per_awake} heap bytes, over {AWAKE_BUDGET}"
         );
         drop((warm, conns));
     });
