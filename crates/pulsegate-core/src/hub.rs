@@ -223,9 +223,11 @@ impl Hub {
             data,
         ));
         self.retain(&mut inner, &msg, ts);
+        let mut enqueued = 0;
         for sub in inner.subscribers.values() {
-            sub.outbox.push_msg(&msg, &self.stats);
+            enqueued += u64::from(sub.outbox.push_msg(&msg, &self.stats).enqueued());
         }
+        self.stats.enqueued.fetch_add(enqueued, Relaxed);
         drop(inner);
         drop(state);
         self.stats.published.fetch_add(1, Relaxed);
@@ -282,9 +284,11 @@ impl Hub {
         inner.epoch = msg.epoch.clone();
         inner.seq = msg.seq;
         self.retain(&mut inner, msg, now_micros());
+        let mut enqueued = 0;
         for sub in inner.subscribers.values() {
-            sub.outbox.push_msg(msg, &self.stats);
+            enqueued += u64::from(sub.outbox.push_msg(msg, &self.stats).enqueued());
         }
+        self.stats.enqueued.fetch_add(enqueued, Relaxed);
         drop(inner);
         drop(state);
         self.stats.published.fetch_add(1, Relaxed);

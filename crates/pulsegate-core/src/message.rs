@@ -52,6 +52,11 @@ impl Message {
 
     /// The data frame for `codec`, encoded on first use and then shared.
     pub fn frame(&self, codec: Codec) -> Bytes {
+        self.frame_ref(codec).clone()
+    }
+
+    /// [`Message::frame`] without taking a reference.
+    pub fn frame_ref(&self, codec: Codec) -> &Bytes {
         let cell = match codec {
             Codec::Json => &self.json,
             Codec::MsgPack => &self.msgpack,
@@ -59,7 +64,6 @@ impl Message {
         cell.get_or_init(|| {
             codec.encode_msg(&self.topic, self.seq, &self.epoch, self.ts, &self.data)
         })
-        .clone()
     }
 
     /// Approximate retained size in bytes (payload plus encoded frames).

@@ -71,17 +71,45 @@ pub enum Control {
     Terminate = 2,
 }
 
-/// A frame waiting to be written.
+/// A frame waiting to be written. 16 bytes: the hub writes one entry per
+/// subscriber per message, so a busy subscriber's queue must take as few
+/// cache lines as possible (with the encoded frame, topic and time inline
+/// it took 64 bytes, and the hub's fan-out loop stalled on those stores).
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub enum Outgoing {
+    /// A live data message.
+    Live(Arc<Message>),
+    /// A replayed or snapshot data message: exempt from the bounds and from conflation.
+    Forced(Arc<Message>),
+    /// A reply or other frame of our protocol, already encoded.
+    Reply(Box<Bytes>),
+}
+
+impl Outgoing {
+    /// The data message, for live, replayed and snapshot frames.
+    pub fn message(&self) -> Option<&Arc<Message>> {
+        match self {
+            Outgoing::Live(m) | Outgoing::Forced(m) => Some(m),
+            Outgoing::Reply(_) => None,
+        }
+    }
+
     /// The encoded frame (text for JSON, binary for MessagePack).
-    pub frame: Bytes,
-    /// The topic for data frames (used by conflation); `None` for replies.
-    pub topic: Option<Arc<str>>,
-    /// Server ingress time of a data message (µs), 0 for replies; for the delivery-lag histogram.
-    pub ingress_ts: u64,
-    /// Replay or snapshot: exempt from the bounds and from conflation.
-    pub forced: bool,
+    pub fn frame(&self, codec: Codec) -> &Bytes {
+        match self {
+            Outgoing::Live(m) | Outgoing::Forced(m) => m.frame_ref(codec),
+            Outgoing::Reply(b) => b,
+        }
+    }
+
+    fn forced(&self) -> bool {
+        matches!(self, Outgoing::Forced(_))
+    }
+
+    /// A live frame of `topic` (the candidates for conflation).
+    fn is_live_of(&self, topic: &str) -> bool {
+        matches!(self, Outgoing::Live(m) if *m.topic == *topic)
+    }
 }
 
 /// Result of pushing a message.
@@ -99,8 +127,16 @@ pub enum PushOutcome {
     Closed,
 }
 
-#[derive(Debug, Default)]
+impl PushOutcome {
+    /// Whether the message was added to the queue (counted in `enqueued`).
+    pub fn enqueued(self) -> bool {
+        matches!(self, PushOutcome::Queued | PushOutcome::DroppedOldest)
+    }
+}
+
+#[derive(Debug)]
 struct State {
+    codec: Codec,
     items: VecDeque<Outgoing>,
     bytes: usize,
     /// Forced frames (replay, snapshot) still queued, and their bytes: they
@@ -112,6 +148,17 @@ struct State {
 }
 
 impl State {
+    fn new(codec: Codec) -> State {
+        State {
+            codec,
+            items: VecDeque::new(),
+            bytes: 0,
+            forced_items: 0,
+            forced_bytes: 0,
+            closed: None,
+        }
+    }
+
     /// Frames and bytes that count against the bounds.
     fn bounded(&self) -> (usize, usize) {
         (
@@ -121,16 +168,17 @@ impl State {
     }
 
     fn push(&mut self, item: Outgoing) {
-        self.bytes += item.frame.len();
-        if item.forced {
+        let len = item.frame(self.codec).len();
+        self.bytes += len;
+        if item.forced() {
             self.forced_items += 1;
-            self.forced_bytes += item.frame.len();
+            self.forced_bytes += len;
         }
         if self.items.capacity() == 0 {
-            // 16 × 64 B = 1 KiB: not the size class of a long-lived
+            // 64 × 16 B = 1 KiB: not the size class of a long-lived
             // per-connection object, so the storage freed when the
             // connection hibernates leaves no hole between them.
-            self.items.reserve(16);
+            self.items.reserve(QUEUE_RESERVE);
         }
         self.items.push_back(item);
     }
@@ -148,19 +196,20 @@ impl State {
     }
 
     fn forget(&mut self, item: &Outgoing) {
-        self.bytes -= item.frame.len();
-        if item.forced {
+        let len = item.frame(self.codec).len();
+        self.bytes -= len;
+        if item.forced() {
             self.forced_items -= 1;
-            self.forced_bytes -= item.frame.len();
+            self.forced_bytes -= len;
         }
     }
 
     /// Empties the queue and returns how many data frames were discarded.
     fn discard(&mut self) -> u64 {
-        let data = self.items.iter().filter(|i| i.topic.is_some()).count() as u64;
+        let data = self.items.iter().filter(|i| i.message().is_some()).count() as u64;
         *self = State {
             closed: self.closed,
-            ..State::default()
+            ..State::new(self.codec)
         };
         data
     }
@@ -184,8 +233,10 @@ pub struct Outbox {
     pub sent_frames: AtomicU64,
 }
 
+/// Entries a queue makes room for when first used (64 × 16 B = 1 KiB).
+const QUEUE_RESERVE: usize = 64;
 /// Capacity above which an emptied queue gives its memory back.
-const SHRINK_ABOVE: usize = 64;
+const SHRINK_ABOVE: usize = 256;
 
 impl Outbox {
     /// A queue for connection `id`, whose frames are encoded with `codec`.
@@ -194,7 +245,7 @@ impl Outbox {
             id,
             codec,
             limits,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State::new(codec)),
             waker: AtomicWaker::new(),
             signaled: AtomicBool::new(false),
             control: AtomicU8::new(0),
@@ -213,16 +264,12 @@ impl Outbox {
     }
 
     /// Pushes a live message, applying the slow-consumer policy. Called by
-    /// the hub with the topic lock held: cost is one mutex and one
-    /// `Bytes` clone, plus a notify when the queue was empty.
-    pub fn push_msg(&self, msg: &Message, stats: &HubStats) -> PushOutcome {
-        let item = Outgoing {
-            frame: msg.frame(self.codec),
-            topic: Some(msg.topic.clone()),
-            ingress_ts: msg.ts,
-            forced: false,
-        };
-        let len = item.frame.len();
+    /// the hub with the topic lock held: cost is one mutex and one `Arc`
+    /// clone, plus a wake when the queue was empty. The caller counts
+    /// [`PushOutcome::enqueued`] outcomes in `stats.enqueued` (once per
+    /// publish, not once per subscriber).
+    pub fn push_msg(&self, msg: &Arc<Message>, stats: &HubStats) -> PushOutcome {
+        let len = msg.frame_ref(self.codec).len();
         let mut st = self.state.lock();
         if let Some(reason) = st.closed {
             drop(st);
@@ -246,13 +293,10 @@ impl Outbox {
                     return PushOutcome::Overflow;
                 }
                 SlowConsumerPolicy::Conflate => {
-                    let same = st
-                        .items
-                        .iter()
-                        .rposition(|i| !i.forced && i.topic.as_deref() == Some(&*msg.topic));
+                    let same = st.items.iter().rposition(|i| i.is_live_of(&msg.topic));
                     if let Some(pos) = same {
-                        st.bytes = st.bytes - st.items[pos].frame.len() + len;
-                        st.items[pos] = item;
+                        st.bytes = st.bytes - st.items[pos].frame(self.codec).len() + len;
+                        st.items[pos] = Outgoing::Live(msg.clone());
                         drop(st);
                         stats.count_drop(DropReason::Conflated, 1);
                         return PushOutcome::Conflated;
@@ -260,7 +304,7 @@ impl Outbox {
                     // No pending message of this topic: make room by dropping the oldest data frames.
                     while over(&st) {
                         let Some(pos) =
-                            st.items.iter().position(|i| !i.forced && i.topic.is_some())
+                            st.items.iter().position(|i| matches!(i, Outgoing::Live(_)))
                         else {
                             break;
                         };
@@ -272,9 +316,8 @@ impl Outbox {
             }
         }
         let was_empty = st.items.is_empty();
-        st.push(item);
+        st.push(Outgoing::Live(msg.clone()));
         drop(st);
-        stats.enqueued.fetch_add(1, Relaxed);
         if was_empty {
             self.signal();
         }
@@ -285,13 +328,8 @@ impl Outbox {
     /// snapshot). Forced frames are not counted against the bounds nor
     /// conflated: a recovery queues up to `history.max_messages` per
     /// recovered topic on top of the bounds, once.
-    pub fn push_msg_forced(&self, msg: &Message) {
-        self.push_raw(Outgoing {
-            frame: msg.frame(self.codec),
-            topic: Some(msg.topic.clone()),
-            ingress_ts: msg.ts,
-            forced: true,
-        });
+    pub fn push_msg_forced(&self, msg: &Arc<Message>) {
+        self.push_raw(Outgoing::Forced(msg.clone()));
     }
 
     /// Pushes a reply or other control frame of our protocol. Replies are
@@ -305,12 +343,7 @@ impl Outbox {
             self.close(CloseReason::SlowConsumer, stats);
             return false;
         }
-        self.push_raw(Outgoing {
-            frame,
-            topic: None,
-            ingress_ts: 0,
-            forced: false,
-        });
+        self.push_raw(Outgoing::Reply(Box::new(frame)));
         true
     }
 
@@ -362,7 +395,7 @@ impl Outbox {
             let Some(item) = st.pop_front() else {
                 break;
             };
-            bytes += item.frame.len();
+            bytes += item.frame(self.codec).len();
             out.push(item);
         }
         if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
@@ -439,8 +472,14 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn msg(topic: &str, seq: u64) -> Message {
-        Message::new(topic.into(), seq, "E".into(), 1, Bytes::from_static(b"1"))
+    fn msg(topic: &str, seq: u64) -> Arc<Message> {
+        Arc::new(Message::new(
+            topic.into(),
+            seq,
+            "E".into(),
+            1,
+            Bytes::from_static(b"1"),
+        ))
     }
 
     fn outbox(max: usize, policy: SlowConsumerPolicy) -> Arc<Outbox> {
@@ -460,7 +499,7 @@ mod tests {
         ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
         out.iter()
             .map(|o| {
-                let v: serde_json::Value = serde_json::from_slice(&o.frame).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(o.frame(Codec::Json)).unwrap();
                 (
                     v["topic"].as_str().unwrap().to_string(),
                     v["seq"].as_u64().unwrap(),
@@ -573,14 +612,14 @@ mod tests {
         ob.push_reply(Bytes::from_static(b"again"), &stats);
         out.clear();
         ob.take_batch(&mut out, 10, 1 << 20).unwrap();
-        assert_eq!(&out[0].frame[..], b"again");
+        assert_eq!(&out[0].frame(Codec::Json)[..], b"again");
     }
 
     #[test]
     fn batches_respect_limits_and_shrink() {
         let stats = HubStats::default();
         let ob = outbox(1000, SlowConsumerPolicy::Disconnect);
-        for s in 1..=200 {
+        for s in 1..=(SHRINK_ABOVE as u64 + 1) {
             ob.push_msg(&msg("a", s), &stats);
         }
         let mut out = Vec::new();
@@ -588,7 +627,7 @@ mod tests {
         assert_eq!(out.len(), 64);
         out.clear();
         ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
-        assert_eq!(out.len(), 136);
+        assert_eq!(out.len(), SHRINK_ABOVE + 1 - 64);
         assert_eq!(ob.depth(), (0, 0));
         assert_eq!(ob.state.lock().items.capacity(), 0);
     }

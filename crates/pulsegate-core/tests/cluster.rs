@@ -80,12 +80,14 @@ fn drain(ob: &Outbox) -> Vec<(String, u64, String)> {
     let mut out = Vec::new();
     ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
     out.iter()
-        .filter_map(|o| match Codec::Json.decode_server(&o.frame).unwrap() {
-            ServerFrame::Msg {
-                topic, seq, epoch, ..
-            } => Some((topic, seq, epoch)),
-            _ => None,
-        })
+        .filter_map(
+            |o| match Codec::Json.decode_server(o.frame(Codec::Json)).unwrap() {
+                ServerFrame::Msg {
+                    topic, seq, epoch, ..
+                } => Some((topic, seq, epoch)),
+                _ => None,
+            },
+        )
         .collect()
 }
 

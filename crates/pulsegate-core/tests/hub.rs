@@ -37,11 +37,13 @@ fn drain(ob: &Outbox) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
     out.iter()
-        .map(|o| match Codec::Json.decode_server(&o.frame).unwrap() {
-            ServerFrame::Msg { topic, seq, .. } => (topic, seq),
-            ServerFrame::Ok(_) => ("ok".to_string(), 0),
-            other => panic!("unexpected {other:?}"),
-        })
+        .map(
+            |o| match Codec::Json.decode_server(o.frame(Codec::Json)).unwrap() {
+                ServerFrame::Msg { topic, seq, .. } => (topic, seq),
+                ServerFrame::Ok(_) => ("ok".to_string(), 0),
+                other => panic!("unexpected {other:?}"),
+            },
+        )
         .collect()
 }
 
@@ -381,7 +383,7 @@ proptest! {
             let mut out = Vec::new();
             ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
             for o in out {
-                if let ServerFrame::Msg { topic, seq, epoch, .. } = Codec::Json.decode_server(&o.frame).unwrap() {
+                if let ServerFrame::Msg { topic, seq, epoch, .. } = Codec::Json.decode_server(o.frame(Codec::Json)).unwrap() {
                     let last = seen.get(&topic).map(|(_, s)| *s).unwrap_or(0);
                     prop_assert_eq!(seq, last + 1, "gap or duplicate on {}", topic);
                     seen.insert(topic, (epoch, seq));

@@ -37,9 +37,9 @@ const BATCH_FRAMES: usize = 256;
 const BATCH_BYTES: usize = 256 * 1024;
 /// Frames the batch vector has room for when first used: its size must not
 /// share an allocator size class with the long-lived per-connection objects
-/// (64-byte `Outgoing` × 16 = 1 KiB), or freeing it at hibernation leaves
+/// (16-byte `Outgoing` × 64 = 1 KiB), or freeing it at hibernation leaves
 /// holes between them that stay resident (docs/ARCHITECTURE.md, memory).
-const SCRATCH_ITEMS: usize = 16;
+const SCRATCH_ITEMS: usize = 64;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -574,7 +574,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 }
             }
             if self.batch.is_empty() {
-                if self.batch.capacity() > 16 {
+                if self.batch.capacity() > SCRATCH_ITEMS {
                     self.batch = Vec::new();
                 }
                 return Ok(());
@@ -591,22 +591,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             let mut tally = Tally::default();
             let mut lag_ts = std::mem::take(&mut self.lag_ts);
             let record_lag = metrics.enabled();
-            for item in batch.iter() {
-                let len = item.frame.len() as u64;
-                let system = item.topic.as_deref().is_some_and(|t| t.starts_with('$'));
-                if item.ingress_ts > 0 && !system {
-                    tally.data += 1;
-                    tally.data_bytes += len;
-                    if record_lag {
-                        lag_ts.push(item.ingress_ts);
-                    }
-                } else {
-                    tally.control += 1;
-                    tally.control_bytes += len;
-                }
-            }
             for item in batch.drain(..) {
-                ws.queue_data(binary, item.frame, None);
+                let frame = item.frame(self.codec);
+                let len = frame.len() as u64;
+                match item.message() {
+                    Some(m) if !m.topic.starts_with('$') => {
+                        tally.data += 1;
+                        tally.data_bytes += len;
+                        if record_lag {
+                            lag_ts.push(m.ts);
+                        }
+                    }
+                    _ => {
+                        tally.control += 1;
+                        tally.control_bytes += len;
+                    }
+                }
+                ws.queue_data(binary, frame, None);
             }
             // Fast path: the socket usually takes the whole batch at once, and
             // then no timer is armed — arming one per write would cost two
@@ -655,10 +656,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     );
                     if m.enabled() {
                         m.write_batch.observe(n);
-                        let now = now_micros();
-                        for ts in lag_ts.drain(..) {
-                            m.delivery_lag.observe(now.saturating_sub(ts));
-                        }
+                        m.delivery_lag.observe_since(now_micros(), &lag_ts);
+                        lag_ts.clear();
                     }
                     if lag_ts.capacity() <= BATCH_FRAMES {
                         self.lag_ts = lag_ts;
@@ -1163,8 +1162,8 @@ where
 {
     while let Some(msg) = ws.next().await {
         match msg {
-            Ok(Message::Text(b)) => ws.queue_data(false, b, Some(0)),
-            Ok(Message::Binary(b)) => ws.queue_data(true, b, Some(0)),
+            Ok(Message::Text(b)) => ws.queue_data(false, &b, Some(0)),
+            Ok(Message::Binary(b)) => ws.queue_data(true, &b, Some(0)),
             Ok(_) => continue,
             Err(WsError::Protocol(p)) => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, async {

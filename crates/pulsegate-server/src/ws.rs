@@ -36,6 +36,16 @@ const MAX_PENDING_CONTROL: usize = 64 * 1024;
 const MAX_IOV: usize = 512;
 /// Without vectored writes (TLS), frames are copied into one buffer of up to this size.
 const COALESCE: usize = 64 * 1024;
+/// Payloads up to this size are copied into the write buffer when queued
+/// rather than given to the kernel as an iovec of their own.
+const INLINE_MAX: usize = 2048;
+/// Write-buffer room made when first used (2 KiB: a size class no
+/// long-lived per-connection object uses, so freeing it at hibernation
+/// leaves no hole between them).
+const WBUF_RESERVE: usize = 2048;
+/// Write-buffer capacity kept between flushes; above it the buffer is freed
+/// once everything is written (a connection that bursts does not keep it).
+const WBUF_KEEP: usize = 64 * 1024;
 
 /// What went wrong on the connection.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +87,16 @@ pub struct WsStream<S> {
     io: S,
     rbuf: BytesMut,
     decoder: Decoder,
-    /// Frames to write, in order; `written` bytes of the first are out.
-    queue: VecDeque<(Header, Bytes)>,
+    /// What to write, in order; `written` bytes of the first chunk are out
+    /// when it is a [`Chunk::Frame`].
+    queue: VecDeque<Chunk>,
     written: usize,
+    /// The bytes of the [`Chunk::Buf`] chunks, in queue order, from
+    /// `wbuf_head` on: small frames are copied here when queued, so a batch
+    /// of telemetry goes to the kernel as one long buffer (one iovec per
+    /// frame part costs more in the kernel than the copy costs here).
+    wbuf: Vec<u8>,
+    wbuf_head: usize,
     queued_bytes: usize,
     /// Queued pong/close bytes not yet written (for the ping-flood bound).
     control_bytes: usize,
@@ -93,7 +110,17 @@ pub struct WsStream<S> {
     read_done: bool,
     /// After a protocol error: discard what the client still sends until EOF.
     discarding: bool,
+    /// Without vectored writes (TLS): the next bytes to write, coalesced.
     scratch: Vec<u8>,
+}
+
+/// A run of queued bytes.
+enum Chunk {
+    /// The next this-many bytes of the write buffer: whole small frames.
+    Buf(usize),
+    /// A frame whose payload is written from where it is (large payloads,
+    /// and control frames, whose bytes the ping-flood bound counts).
+    Frame(Header, Bytes),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
@@ -106,6 +133,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             decoder: Decoder::new(max_message, deflate.map(|d| d.params.inflater())),
             queue: VecDeque::new(),
             written: 0,
+            wbuf: Vec::new(),
+            wbuf_head: 0,
             queued_bytes: 0,
             control_bytes: 0,
             deflate: deflate.map(|d| Box::new((d, DeflateTally::default()))),
@@ -140,6 +169,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
         self.rbuf = BytesMut::new();
         self.queue = VecDeque::new();
+        self.wbuf = Vec::new();
+        self.wbuf_head = 0;
         self.scratch = Vec::new();
         self.small_read = true;
         true
@@ -155,21 +186,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 
     /// Queues a data message (text or binary), compressed when negotiated
     /// and at least the threshold; `threshold` overrides the configured one.
-    pub fn queue_data(&mut self, binary: bool, payload: Bytes, threshold: Option<usize>) {
+    /// A small payload is copied, a large one shared.
+    pub fn queue_data(&mut self, binary: bool, payload: &Bytes, threshold: Option<usize>) {
         if self.close_sent {
             return;
         }
         let opcode = if binary { OpCode::Binary } else { OpCode::Text };
         match self.deflate.as_deref_mut() {
             Some((d, tally)) if payload.len() >= threshold.unwrap_or(d.threshold) => {
-                let (wire, fresh) = shared_compress(&payload, d.params.server_window_bits, d.level);
+                let (wire, fresh) = shared_compress(payload, d.params.server_window_bits, d.level);
                 tally.messages += 1;
                 tally.raw_bytes += payload.len() as u64;
                 tally.wire_bytes += wire.len() as u64;
                 tally.compressions += u64::from(fresh);
-                self.push(header(opcode, true, true, wire.len()), wire, false);
+                self.push_data(header(opcode, true, true, wire.len()), &wire);
             }
-            _ => self.push(header(opcode, true, false, payload.len()), payload, false),
+            _ => self.push_data(header(opcode, true, false, payload.len()), payload),
+        }
+    }
+
+    fn push_data(&mut self, h: Header, payload: &Bytes) {
+        if payload.len() > INLINE_MAX {
+            return self.push(h, payload.clone(), false);
+        }
+        let n = h.as_bytes().len() + payload.len();
+        self.queued_bytes += n;
+        if self.wbuf.capacity() == 0 {
+            // Not a size class of the long-lived per-connection objects.
+            self.wbuf.reserve(WBUF_RESERVE);
+        }
+        self.wbuf.extend_from_slice(h.as_bytes());
+        self.wbuf.extend_from_slice(payload);
+        match self.queue.back_mut() {
+            Some(Chunk::Buf(len)) => *len += n,
+            _ => self.queue.push_back(Chunk::Buf(n)),
         }
     }
 
@@ -227,7 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             // uses, so freeing it at hibernation leaves no hole between them.
             self.queue.reserve(16);
         }
-        self.queue.push_back((h, payload));
+        self.queue.push_back(Chunk::Frame(h, payload));
     }
 
     /// Writes everything queued.
@@ -329,17 +379,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
+            let parts = || unwritten(&self.queue, &self.wbuf, self.wbuf_head, self.written);
             let n = if self.io.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let mut k = 0;
-                for part in unwritten(&self.queue, self.written).take(MAX_IOV) {
+                for part in parts().take(MAX_IOV) {
                     slices[k] = IoSlice::new(part);
                     k += 1;
                 }
                 ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..k]))?
             } else {
                 if self.scratch.is_empty() {
-                    for part in unwritten(&self.queue, self.written) {
+                    for part in parts() {
                         self.scratch.extend_from_slice(part);
                         if self.scratch.len() >= COALESCE {
                             break;
@@ -355,6 +406,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             }
             self.advance(n);
         }
+        if self.wbuf.capacity() > WBUF_KEEP {
+            self.wbuf = Vec::new();
+        }
+        if self.scratch.capacity() > WBUF_KEEP {
+            self.scratch = Vec::new();
+        }
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -362,31 +419,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     fn advance(&mut self, mut n: usize) {
         self.queued_bytes -= n;
         while n > 0 {
-            let (h, p) = self.queue.front().expect("written bytes were queued");
-            let frame = h.as_bytes().len() + p.len();
-            let left = frame - self.written;
-            if n < left {
-                self.written += n;
-                return;
+            match self.queue.front_mut().expect("written bytes were queued") {
+                Chunk::Buf(len) => {
+                    let step = n.min(*len);
+                    *len -= step;
+                    self.wbuf_head += step;
+                    n -= step;
+                    if *len > 0 {
+                        return;
+                    }
+                    self.queue.pop_front();
+                    if self.wbuf_head == self.wbuf.len() {
+                        self.wbuf.clear();
+                        self.wbuf_head = 0;
+                    }
+                }
+                Chunk::Frame(h, p) => {
+                    let frame = h.as_bytes().len() + p.len();
+                    let left = frame - self.written;
+                    if n < left {
+                        self.written += n;
+                        return;
+                    }
+                    n -= left;
+                    self.written = 0;
+                    let control = matches!(h.as_bytes()[0] & 0x0f, 8..=10);
+                    if control {
+                        self.control_bytes = self.control_bytes.saturating_sub(frame);
+                    }
+                    self.queue.pop_front();
+                }
             }
-            n -= left;
-            self.written = 0;
-            let control = matches!(h.as_bytes()[0] & 0x0f, 8..=10);
-            if control {
-                self.control_bytes = self.control_bytes.saturating_sub(frame);
-            }
-            self.queue.pop_front();
         }
     }
 }
 
-/// The bytes of `queue` not yet written (`written` bytes of its first
-/// frame are out), as non-empty slices in order.
-fn unwritten(queue: &VecDeque<(Header, Bytes)>, written: usize) -> impl Iterator<Item = &[u8]> {
+/// The bytes of `queue` not yet written, as non-empty slices in order: the
+/// [`Chunk::Buf`] runs are in `wbuf` from `head` on, and `written` bytes of
+/// a leading [`Chunk::Frame`] are out.
+fn unwritten<'a>(
+    queue: &'a VecDeque<Chunk>,
+    wbuf: &'a [u8],
+    head: usize,
+    written: usize,
+) -> impl Iterator<Item = &'a [u8]> {
+    let mut off = head;
     let mut skip = written;
     queue
         .iter()
-        .flat_map(|(h, p)| [h.as_bytes(), &p[..]])
+        .flat_map(move |c| match c {
+            Chunk::Buf(len) => {
+                let run = &wbuf[off..off + len];
+                off += len;
+                [run, &[][..]]
+            }
+            Chunk::Frame(h, p) => [h.as_bytes(), &p[..]],
+        })
         .filter_map(move |part| {
             if skip >= part.len() {
                 skip -= part.len();
@@ -523,8 +611,17 @@ mod tests {
 
     #[tokio::test]
     async fn partial_writes_resume_mid_frame_and_keep_frame_order() {
+        // Small payloads (copied into the write buffer) and large ones
+        // (written from where they are), interleaved.
         let payloads: Vec<Bytes> = (0..40)
-            .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; i * 37 % 300]))
+            .map(|i| {
+                let len = if i % 7 == 3 {
+                    2000 + i * 97
+                } else {
+                    i * 37 % 300
+                };
+                Bytes::from(vec![b'a' + (i % 26) as u8; len])
+            })
             .collect();
         let mut expected = Vec::new();
         for p in &payloads {
@@ -542,13 +639,14 @@ mod tests {
                 };
                 let mut ws = WsStream::new(io, 1 << 20, None);
                 for p in &payloads {
-                    ws.queue_data(false, p.clone(), None);
+                    ws.queue_data(false, p, None);
                 }
                 ws.queue_ping(Bytes::from_static(b"abc"));
                 ws.flush().await.unwrap();
                 assert!(ws.is_idle());
                 assert_eq!(ws.queued_bytes, 0);
                 assert_eq!(ws.control_bytes, 0);
+                assert!(ws.wbuf.is_empty() && ws.wbuf_head == 0);
                 assert_eq!(
                     ws.get_ref().out,
                     expected,
