@@ -1,6 +1,7 @@
 //! The cluster layer against the in-process reference backplane: several
 //! hubs sharing one set of topic logs, as NATS or Redis would give them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ async fn subscribe(
 
 /// (topic, seq, epoch) of every message queued so far (replies skipped).
 fn drain(ob: &Outbox) -> Vec<(String, u64, String)> {
-    let mut out = Vec::new();
+    let mut out = VecDeque::new();
     ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
     out.iter()
         .filter_map(

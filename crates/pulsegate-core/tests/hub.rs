@@ -1,5 +1,6 @@
 //! Hub semantics: ordering, recovery, snapshots, conflation, deduplication.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ fn pat(s: &str) -> Pattern {
 
 /// Everything queued, decoded: ("ok", 0) for replies, (topic, seq) for messages.
 fn drain(ob: &Outbox) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
+    let mut out = VecDeque::new();
     ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
     out.iter()
         .map(
@@ -277,7 +278,7 @@ fn slow_consumer_does_not_affect_others() {
     for i in 1..=10 {
         publish(&h, "t", i);
     }
-    let mut v = Vec::new();
+    let mut v = VecDeque::new();
     assert!(slow.take_batch(&mut v, 10, 1 << 20).is_err());
     assert_eq!(drain(&fast).len(), 11);
     assert_eq!(
@@ -380,7 +381,7 @@ proptest! {
             published.insert(t.to_string(), 1);
         }
         let read = |ob: &Outbox, seen: &mut std::collections::BTreeMap<String, (String, u64)>| -> Result<(), TestCaseError> {
-            let mut out = Vec::new();
+            let mut out = VecDeque::new();
             ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
             for o in out {
                 if let ServerFrame::Msg { topic, seq, epoch, .. } = Codec::Json.decode_server(o.frame(Codec::Json)).unwrap() {

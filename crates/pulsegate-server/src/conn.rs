@@ -8,6 +8,7 @@
 //! Control frames (pings, close) are written by this task directly, so they
 //! never wait behind a full data queue.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,11 +36,11 @@ use crate::ws::{WsError, WsStream};
 const BATCH_FRAMES: usize = 256;
 /// About most bytes written per vectored write.
 const BATCH_BYTES: usize = 256 * 1024;
-/// Frames the batch vector has room for when first used: its size must not
-/// share an allocator size class with the long-lived per-connection objects
-/// (16-byte `Outgoing` × 64 = 1 KiB), or freeing it at hibernation leaves
-/// holes between them that stay resident (docs/ARCHITECTURE.md, memory).
-const SCRATCH_ITEMS: usize = 64;
+/// Batch storage kept between writes, in frames. The batch and the outbox
+/// trade storage (`Outbox::take_batch`), which the outbox sizes so that it
+/// shares no allocator size class with the long-lived per-connection
+/// objects (docs/ARCHITECTURE.md, memory).
+const BATCH_KEEP: usize = 256;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -162,7 +163,7 @@ struct Conn<S> {
     codec: Codec,
     subs: Vec<Pattern>,
     protocol_errors: u32,
-    batch: Vec<Outgoing>,
+    batch: VecDeque<Outgoing>,
     /// What the admin API sees of this connection; also its counters.
     info: Arc<ConnInfo>,
     /// Ingress times of the batch being written (reused; for the lag histogram).
@@ -225,7 +226,7 @@ where
         codec: meta.codec,
         subs: Vec::new(),
         protocol_errors: 0,
-        batch: Vec::new(),
+        batch: VecDeque::new(),
         info,
         lag_ts: Vec::new(),
         identity: None,
@@ -348,7 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         {
             return false;
         }
-        self.batch = Vec::new();
+        self.batch = VecDeque::new();
         self.lag_ts = Vec::new();
         true
     }
@@ -557,7 +558,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         let write_timeout = self.shared.config.server.write_timeout;
         loop {
             self.batch.clear();
-            self.batch.reserve(SCRATCH_ITEMS);
             match self
                 .outbox
                 .take_batch(&mut self.batch, BATCH_FRAMES, BATCH_BYTES)
@@ -574,8 +574,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 }
             }
             if self.batch.is_empty() {
-                if self.batch.capacity() > SCRATCH_ITEMS {
-                    self.batch = Vec::new();
+                // The outbox hands its storage over with the frames; a
+                // burst's large storage is not kept.
+                if self.batch.capacity() > BATCH_KEEP {
+                    self.batch = VecDeque::new();
                 }
                 return Ok(());
             }

@@ -161,11 +161,22 @@ impl Histo {
     pub fn observe_since(&self, now: u64, ts: &[u64]) {
         let s = &self.shards[shard()].0;
         let mut sum = 0u64;
+        // The current run: its bucket and count, and the bucket's range
+        // (lo, hi] (no lower end for the first bucket).
         let mut run: Option<(usize, u64)> = None;
+        let (mut lo, mut hi) = (None, 0u64);
         for &t in ts {
             let v = now.saturating_sub(t);
             sum = sum.wrapping_add(v);
+            if let Some((_, n)) = &mut run {
+                if v <= hi && lo.is_none_or(|l| v > l) {
+                    *n += 1;
+                    continue;
+                }
+            }
             let i = self.bounds.partition_point(|b| *b < v);
+            lo = i.checked_sub(1).map(|k| self.bounds[k]);
+            hi = self.bounds.get(i).copied().unwrap_or(u64::MAX);
             match &mut run {
                 Some((j, n)) if *j == i => *n += 1,
                 _ => {
@@ -1381,7 +1392,9 @@ mod tests {
 
     #[test]
     fn observing_a_batch_equals_observing_each() {
-        let ts = [1000u64, 995, 990, 960, 962, 1001, 500, 0, 999];
+        let ts = [
+            1000u64, 995, 990, 960, 962, 1001, 500, 0, 999, 1000, 1000, 980, 981, 0, 0,
+        ];
         let one = Histo::new(&[10, 20, 40], 1.0);
         for t in ts {
             one.observe(1000u64.saturating_sub(t));
