@@ -32,12 +32,49 @@ impl BenchData {
     /// Reads bench data from a JSON object; `None` for anything else
     /// (including arrays, which serde would otherwise accept for a struct).
     pub fn parse(json: &[u8]) -> Option<Self> {
+        if let Some(d) = Self::parse_exact(json) {
+            return Some(d);
+        }
         let first = json.iter().find(|b| !b.is_ascii_whitespace())?;
         if *first != b'{' {
             return None;
         }
         serde_json::from_slice(json).ok()
     }
+
+    /// Reads the object exactly as [`build_data`] writes it, without a JSON
+    /// parser (the bench's one core is what limits the throughput scenario,
+    /// and JSON parsing was most of its work); `None` for anything else,
+    /// which [`BenchData::parse`] then gives to serde.
+    fn parse_exact(json: &[u8]) -> Option<Self> {
+        let rest = json.strip_prefix(b"{\"t\":")?;
+        let (t, rest) = leading_u64(rest)?;
+        let (w, rest) = leading_u64(rest.strip_prefix(b",\"w\":")?)?;
+        let (n, rest) = leading_u64(rest.strip_prefix(b",\"n\":")?)?;
+        let pad = rest.strip_prefix(b",\"p\":\"")?.strip_suffix(b"\"}")?;
+        if pad.iter().any(|&b| b != b'x') {
+            return None;
+        }
+        Some(BenchData {
+            t,
+            w: u32::try_from(w).ok()?,
+            n,
+        })
+    }
+}
+
+/// The unsigned decimal integer `bytes` starts with, and what follows it;
+/// `None` without a digit or on overflow.
+pub(crate) fn leading_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut v = 0u64;
+    for &b in &bytes[..digits] {
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some((v, &bytes[digits..]))
 }
 
 /// Wall-clock time in nanoseconds since the Unix epoch.
@@ -111,6 +148,39 @@ pub fn nats_pub_frame(subject: &str, data: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exact_reader_agrees_with_serde_and_leaves_the_rest_to_it() {
+        for size in [0, 40, 64, 100, 1024] {
+            let s = build_data(1_732_400_000_123_456_789, 3, 42, size);
+            let exact = BenchData::parse_exact(s.as_bytes());
+            assert!(exact.is_some(), "{s}");
+            assert_eq!(exact, serde_json::from_str(&s).ok(), "{s}");
+        }
+        // Not what build_data writes: serde decides.
+        for other in [
+            r#"{"t":1,"w":2,"n":3,"p":"xy"}"#,
+            r#"{"t":1, "w":2,"n":3,"p":"xx"}"#,
+            r#"{"w":2,"t":1,"n":3,"p":""}"#,
+            r#"{"t":1,"w":4294967296,"n":3,"p":""}"#,
+            r#"{"t":99999999999999999999,"w":2,"n":3,"p":""}"#,
+            r#"{"t":1,"w":2,"n":3,"p":"xx"} "#,
+            r#"{"t":-1,"w":2,"n":3,"p":""}"#,
+        ] {
+            assert_eq!(BenchData::parse_exact(other.as_bytes()), None, "{other}");
+            assert_eq!(
+                BenchData::parse(other.as_bytes()),
+                serde_json::from_str(other).ok(),
+                "{other}"
+            );
+        }
+        assert_eq!(
+            leading_u64(b"18446744073709551615,"),
+            Some((u64::MAX, &b","[..]))
+        );
+        assert_eq!(leading_u64(b"18446744073709551616"), None);
+        assert_eq!(leading_u64(b"x1"), None);
+    }
 
     #[test]
     fn data_is_padded_to_the_requested_size_and_parses_back() {

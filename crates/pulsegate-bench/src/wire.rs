@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio_websockets::{ClientBuilder, Message, WebSocketStream};
 
 use crate::nats::{NatsEvent, NatsParser};
-use crate::payload::{self, BenchData};
+use crate::payload::{self, leading_u64, BenchData};
 
 /// The protocol a scenario speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -232,6 +232,27 @@ struct InFrame<'a> {
     message: Option<String>,
 }
 
+/// A `msg` frame exactly as pulsegate's JSON codec writes it (these fields,
+/// in this order, no whitespace, no escapes in topic or epoch): its seq,
+/// its epoch as raw JSON (with the quotes) and its data, read without a
+/// JSON parser. Anything else is `None` and goes to serde.
+fn exact_msg(bytes: &[u8]) -> Option<(u64, &str, &[u8])> {
+    /// A JSON string without escapes at the start of `b` (opening quote
+    /// included): its raw text and what follows.
+    fn plain_str(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        let body = b.strip_prefix(b"\"")?;
+        let end = body.iter().position(|&c| c == b'"' || c == b'\\')?;
+        (body[end] == b'"').then(|| b.split_at(end + 2))
+    }
+    let rest = bytes.strip_prefix(b"{\"op\":\"msg\",\"topic\":")?;
+    let (_, rest) = plain_str(rest)?;
+    let (seq, rest) = leading_u64(rest.strip_prefix(b",\"seq\":")?)?;
+    let (epoch, rest) = plain_str(rest.strip_prefix(b",\"epoch\":")?)?;
+    let (_, rest) = leading_u64(rest.strip_prefix(b",\"ts\":")?)?;
+    let data = rest.strip_prefix(b",\"data\":")?.strip_suffix(b"}")?;
+    Some((seq, std::str::from_utf8(epoch).ok()?, data))
+}
+
 /// Decodes one received message into events (NATS frames may hold many).
 pub fn decode(
     proto: Proto,
@@ -251,6 +272,14 @@ pub fn decode(
             data: BenchData::parse(bytes),
         }),
         Proto::Pulsegate => {
+            if let Some((seq, epoch, data)) = exact_msg(bytes) {
+                on(Incoming::Delivery {
+                    seq: Some(seq),
+                    epoch: Some(epoch),
+                    data: BenchData::parse(data),
+                });
+                return Ok(());
+            }
             let f: InFrame<'_> = serde_json::from_slice(bytes)
                 .with_context(|| format!("undecodable frame {}", String::from_utf8_lossy(bytes)))?;
             on(match &*f.op {
@@ -485,6 +514,29 @@ mod tests {
         let mut nats = NatsParser::default();
         decode(proto, &mut nats, &msg, |e| out.push(format!("{e:?}"))).unwrap();
         out
+    }
+
+    #[test]
+    fn exact_msg_frames_read_like_serde_and_the_rest_falls_back() {
+        let frame = r#"{"op":"msg","topic":"bench/0","seq":42,"epoch":"E1","ts":1732400000123456,"data":{"t":5,"w":1,"n":2,"p":"xx"}}"#;
+        assert_eq!(
+            exact_msg(frame.as_bytes()),
+            Some((42, "\"E1\"", &br#"{"t":5,"w":1,"n":2,"p":"xx"}"#[..]))
+        );
+        // Escapes, reordered fields or whitespace: serde's job, same events.
+        for other in [
+            r#"{"op":"msg","topic":"a\"b","seq":42,"epoch":"E1","ts":1,"data":{"t":5,"w":1,"n":2,"p":"xx"}}"#,
+            r#"{"op":"msg","topic":"bench/0","epoch":"E1","seq":42,"ts":1,"data":{"t":5,"w":1,"n":2,"p":"xx"}}"#,
+            r#"{"op":"msg","topic":"bench/0","seq":42,"epoch":"E\u0031","ts":1,"data":{"t":5,"w":1,"n":2,"p":"xx"}}"#,
+            r#"{"op":"msg", "topic":"bench/0","seq":42,"epoch":"E1","ts":1,"data":{"t":5,"w":1,"n":2,"p":"xx"}}"#,
+        ] {
+            assert_eq!(exact_msg(other.as_bytes()), None, "{other}");
+            let got = events(Proto::Pulsegate, Message::text(other.to_owned()));
+            assert_eq!(got.len(), 1, "{other}");
+            assert!(got[0].starts_with("Delivery"), "{other}: {got:?}");
+        }
+        assert_eq!(exact_msg(br#"{"op":"msg","topic":"t","seq":1"#), None);
+        assert_eq!(exact_msg(b""), None);
     }
 
     #[test]
