@@ -36,7 +36,7 @@ fn publish_fanout(c: &mut Criterion) {
                 ob
             })
             .collect();
-        let mut scratch = Vec::new();
+        let mut scratch = std::collections::VecDeque::new();
         let mut drain = |outboxes: &[Arc<Outbox>]| {
             for ob in outboxes {
                 scratch.clear();

@@ -31,7 +31,7 @@ const READ_CHUNK: usize = 4096;
 const SMALL_READ: usize = 512;
 /// Control replies (pongs) queued beyond this stop reading from the
 /// client until they are written: a ping flood cannot grow our memory.
-const MAX_PENDING_CONTROL: usize = 64 * 1024;
+const MAX_PENDING_CONTROL: u32 = 64 * 1024;
 /// At most this many buffers per vectored write (Linux IOV_MAX is 1024).
 const MAX_IOV: usize = 512;
 /// Without vectored writes (TLS), frames are copied into one buffer of up to this size.
@@ -39,10 +39,11 @@ const COALESCE: usize = 64 * 1024;
 /// Payloads up to this size are copied into the write buffer when queued
 /// rather than given to the kernel as an iovec of their own.
 const INLINE_MAX: usize = 2048;
-/// Write-buffer room made when first used (2 KiB: a size class no
-/// long-lived per-connection object uses, so freeing it at hibernation
-/// leaves no hole between them).
-const WBUF_RESERVE: usize = 2048;
+/// Write-buffer room made when first used: 1 KiB, the class of the outbox
+/// and batch storage, which are freed at hibernation too; no long-lived
+/// per-connection object uses it, so freeing them leaves no hole between
+/// those (a 2 KiB first buffer cost about 40 B of RSS per idle connection).
+const WBUF_RESERVE: usize = 1024;
 /// Write-buffer capacity kept between flushes; above it the buffer is freed
 /// once everything is written (a connection that bursts does not keep it).
 const WBUF_KEEP: usize = 64 * 1024;
@@ -96,10 +97,9 @@ pub struct WsStream<S> {
     /// of telemetry goes to the kernel as one long buffer (one iovec per
     /// frame part costs more in the kernel than the copy costs here).
     wbuf: Vec<u8>,
-    wbuf_head: usize,
-    queued_bytes: usize,
+    wbuf_head: u32,
     /// Queued pong/close bytes not yet written (for the ping-flood bound).
-    control_bytes: usize,
+    control_bytes: u32,
     /// Boxed: most connections do not compress, and an idle connection's
     /// state should be small (docs/ARCHITECTURE.md, memory).
     deflate: Option<Box<(Deflate, DeflateTally)>>,
@@ -135,7 +135,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             written: 0,
             wbuf: Vec::new(),
             wbuf_head: 0,
-            queued_bytes: 0,
             control_bytes: 0,
             deflate: deflate.map(|d| Box::new((d, DeflateTally::default()))),
             close_sent: false,
@@ -210,7 +209,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             return self.push(h, payload.clone(), false);
         }
         let n = h.as_bytes().len() + payload.len();
-        self.queued_bytes += n;
         if self.wbuf.capacity() == 0 {
             // Not a size class of the long-lived per-connection objects.
             self.wbuf.reserve(WBUF_RESERVE);
@@ -267,10 +265,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     }
 
     fn push(&mut self, h: Header, payload: Bytes, control: bool) {
-        let n = h.as_bytes().len() + payload.len();
-        self.queued_bytes += n;
         if control {
-            self.control_bytes += n;
+            // A control frame is at most 129 bytes, and reading stops while
+            // more than MAX_PENDING_CONTROL of them are queued.
+            self.control_bytes += (h.as_bytes().len() + payload.len()) as u32;
         }
         if self.queue.capacity() == 0 {
             // 16 frames: a size class no long-lived per-connection object
@@ -379,7 +377,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.queue.is_empty() {
-            let parts = || unwritten(&self.queue, &self.wbuf, self.wbuf_head, self.written);
+            let head = self.wbuf_head as usize;
+            let parts = || unwritten(&self.queue, &self.wbuf, head, self.written);
             let n = if self.io.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let mut k = 0;
@@ -417,19 +416,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 
     /// Drops `n` written bytes from the front of the queue.
     fn advance(&mut self, mut n: usize) {
-        self.queued_bytes -= n;
         while n > 0 {
             match self.queue.front_mut().expect("written bytes were queued") {
                 Chunk::Buf(len) => {
                     let step = n.min(*len);
                     *len -= step;
-                    self.wbuf_head += step;
+                    // The write buffer holds at most one batch (≤ 256
+                    // frames of ≤ 2 KiB): far below u32::MAX.
+                    self.wbuf_head += step as u32;
                     n -= step;
                     if *len > 0 {
                         return;
                     }
                     self.queue.pop_front();
-                    if self.wbuf_head == self.wbuf.len() {
+                    if self.wbuf_head as usize == self.wbuf.len() {
                         self.wbuf.clear();
                         self.wbuf_head = 0;
                     }
@@ -445,7 +445,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     self.written = 0;
                     let control = matches!(h.as_bytes()[0] & 0x0f, 8..=10);
                     if control {
-                        self.control_bytes = self.control_bytes.saturating_sub(frame);
+                        self.control_bytes = self.control_bytes.saturating_sub(frame as u32);
                     }
                     self.queue.pop_front();
                 }
@@ -644,7 +644,6 @@ mod tests {
                 ws.queue_ping(Bytes::from_static(b"abc"));
                 ws.flush().await.unwrap();
                 assert!(ws.is_idle());
-                assert_eq!(ws.queued_bytes, 0);
                 assert_eq!(ws.control_bytes, 0);
                 assert!(ws.wbuf.is_empty() && ws.wbuf_head == 0);
                 assert_eq!(
