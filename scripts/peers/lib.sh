@@ -3,7 +3,8 @@
 # Every peer runs pinned to CPU $PEER_CPU (default 1), under `timeout` so it
 # can never outlive $PEER_SECONDS (default 900), and is stopped when the
 # script exits (Ctrl-C, kill, or the bound). Installs go to $PEER_CACHE
-# (default /tmp/pulsegate-peers) so repeated runs do not reinstall.
+# (default /tmp/pulsegate-peers) so repeated runs do not reinstall; missing
+# Debian packages are installed with apt-get (`install_deb`).
 # When $PEER_PIDFILE is set, the server's PID is written there once it
 # listens, for `--server-pid`.
 
@@ -17,6 +18,20 @@ PEER_CPU=${PEER_CPU:-1}
 peer_cleanup() { :; }
 
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+
+# install_deb PKG...: installs missing Debian packages, as root or with a
+# sudo that asks no password; otherwise stops with the command to run.
+install_deb() {
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        sudo -n true 2>/dev/null || die "missing $*; run: sudo apt-get install -y $*"
+        sudo="sudo -n"
+    fi
+    echo "$(basename "$0"): installing $*" >&2
+    $sudo apt-get update -qq >&2 || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2 \
+        || die "apt-get install -y $* failed"
+}
 
 # wait_port PORT: until something accepts on 127.0.0.1:PORT (10 s at most).
 wait_port() {

@@ -4,7 +4,8 @@
 # Usage: scripts/peers/nats.sh [WS_PORT=18081]
 source "$(dirname "$0")/lib.sh"
 port=${1:-18081}
-command -v nats-server >/dev/null || die "nats-server not found; apt-get install -y nats-server"
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || install_deb nats-server
+PATH=$PATH:/usr/sbin
 dir=$(mktemp -d)
 # The client port is random (-1): only the WebSocket port is used.
 cat > "$dir/nats.conf" <<CONF

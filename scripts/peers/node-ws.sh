@@ -4,7 +4,7 @@
 # Usage: scripts/peers/node-ws.sh [PORT=18082]
 source "$(dirname "$0")/lib.sh"
 port=${1:-18082}
-command -v node >/dev/null || die "node not found; apt-get install -y nodejs npm"
+command -v node >/dev/null && command -v npm >/dev/null || install_deb nodejs npm
 mod="$PEER_CACHE/node"
 if [ ! -f "$mod/node_modules/ws/package.json" ]; then
     mkdir -p "$mod"

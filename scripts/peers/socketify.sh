@@ -7,8 +7,9 @@ source "$(dirname "$0")/lib.sh"
 port=${1:-18083}
 # (grep without -q: with pipefail, -q's early exit would fail ldconfig)
 if ! ldconfig -p | grep 'libuv\.so\.1' > /dev/null; then
-    die "libuv1 missing; apt-get install -y libuv1"
+    install_deb libuv1
 fi
+python3 -c 'import venv, ensurepip' 2>/dev/null || install_deb python3-venv
 venv="$PEER_CACHE/socketify-venv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import socketify' 2>/dev/null; then
     python3 -m venv "$venv"
