@@ -201,6 +201,19 @@ impl Hub {
     /// allocation for the message, then per subscriber one queue mutex and a
     /// `Bytes` clone.
     pub fn publish(&self, topic: &str, data: Bytes) -> Result<Arc<Message>, HubError> {
+        let mut msgs = self.publish_many(topic, [data])?;
+        Ok(msgs.pop().expect("one message published"))
+    }
+
+    /// Publishes consecutive messages to one topic, as [`Hub::publish`]
+    /// does each, but under one read lock and one topic lock, and with one
+    /// queue mutex per subscriber for all of them (a publisher's pipelined
+    /// burst). The messages get consecutive `seq`s, in order.
+    pub fn publish_many(
+        &self,
+        topic: &str,
+        data: impl IntoIterator<Item = Bytes>,
+    ) -> Result<Vec<Arc<Message>>, HubError> {
         let state = self.state.read();
         let found = state.topics.get(topic).cloned();
         let (state, topic) = match found {
@@ -214,24 +227,30 @@ impl Hub {
         };
         let ts = now_micros();
         let mut inner = topic.inner.lock();
-        inner.seq += 1;
-        let msg = Arc::new(Message::new(
-            topic.name.clone(),
-            inner.seq,
-            inner.epoch.clone(),
-            ts,
-            data,
-        ));
-        self.retain(&mut inner, &msg, ts);
+        let msgs: Vec<Arc<Message>> = data
+            .into_iter()
+            .map(|data| {
+                inner.seq += 1;
+                let msg = Arc::new(Message::new(
+                    topic.name.clone(),
+                    inner.seq,
+                    inner.epoch.clone(),
+                    ts,
+                    data,
+                ));
+                self.retain(&mut inner, &msg, ts);
+                msg
+            })
+            .collect();
         let mut enqueued = 0;
         for sub in inner.subscribers.values() {
-            enqueued += u64::from(sub.outbox.push_msg(&msg, &self.stats).enqueued());
+            enqueued += sub.outbox.push_msgs(&msgs, &self.stats);
         }
         self.stats.enqueued.fetch_add(enqueued, Relaxed);
         drop(inner);
         drop(state);
-        self.stats.published.fetch_add(1, Relaxed);
-        Ok(msg)
+        self.stats.published.fetch_add(msgs.len() as u64, Relaxed);
+        Ok(msgs)
     }
 
     /// Applies a message stamped elsewhere (by the cluster backplane) to

@@ -269,27 +269,54 @@ impl Outbox {
     /// [`PushOutcome::enqueued`] outcomes in `stats.enqueued` (once per
     /// publish, not once per subscriber).
     pub fn push_msg(&self, msg: &Arc<Message>, stats: &HubStats) -> PushOutcome {
-        let len = msg.frame_ref(self.codec).len();
         let mut st = self.state.lock();
+        let was_empty = st.items.is_empty();
+        let outcome = self.push_locked(&mut st, msg, stats);
+        drop(st);
+        if outcome == PushOutcome::Overflow || (was_empty && outcome.enqueued()) {
+            self.signal();
+        }
+        outcome
+    }
+
+    /// Pushes consecutive live messages (a publisher's pipelined burst to
+    /// one topic) under one lock and with at most one wake, each with the
+    /// policy of [`Outbox::push_msg`]. Returns how many were enqueued.
+    pub fn push_msgs(&self, msgs: &[Arc<Message>], stats: &HubStats) -> u64 {
+        let mut st = self.state.lock();
+        let was_empty = st.items.is_empty();
+        let mut enqueued = 0;
+        let mut overflow = false;
+        for msg in msgs {
+            let outcome = self.push_locked(&mut st, msg, stats);
+            enqueued += u64::from(outcome.enqueued());
+            overflow |= outcome == PushOutcome::Overflow;
+        }
+        drop(st);
+        if overflow || (was_empty && enqueued > 0) {
+            self.signal();
+        }
+        enqueued
+    }
+
+    fn push_locked(&self, st: &mut State, msg: &Arc<Message>, stats: &HubStats) -> PushOutcome {
         if let Some(reason) = st.closed {
-            drop(st);
             stats.count_drop(reason.drop_reason(), 1);
             return PushOutcome::Closed;
         }
+        let len = msg.frame_ref(self.codec).len();
         let over = |st: &State| {
             let (n, b) = st.bounded();
             n >= self.limits.max_messages || b + len > self.limits.max_bytes
         };
         let mut outcome = PushOutcome::Queued;
-        if over(&st) {
+        if over(st) {
             match self.limits.policy {
                 SlowConsumerPolicy::Disconnect => {
                     st.closed = Some(CloseReason::SlowConsumer);
                     let dropped = st.discard() + 1;
-                    drop(st);
                     stats.count_drop(DropReason::SlowConsumerClose, dropped);
                     stats.slow_consumer_disconnects.fetch_add(1, Relaxed);
-                    self.signal();
                     return PushOutcome::Overflow;
                 }
                 SlowConsumerPolicy::Conflate => {
@@ -297,12 +324,11 @@ impl Outbox {
                     if let Some(pos) = same {
                         st.bytes = st.bytes - st.items[pos].frame(self.codec).len() + len;
                         st.items[pos] = Outgoing::Live(msg.clone());
-                        drop(st);
                         stats.count_drop(DropReason::Conflated, 1);
                         return PushOutcome::Conflated;
                     }
                     // No pending message of this topic: make room by dropping the oldest data frames.
-                    while over(&st) {
+                    while over(st) {
                         let Some(pos) =
                             st.items.iter().position(|i| matches!(i, Outgoing::Live(_)))
                         else {
@@ -315,12 +341,7 @@ impl Outbox {
                 }
             }
         }
-        let was_empty = st.items.is_empty();
         st.push(Outgoing::Live(msg.clone()));
-        drop(st);
-        if was_empty {
-            self.signal();
-        }
         outcome
     }
 
@@ -552,6 +573,59 @@ mod tests {
         assert_eq!(seqs(&ob), vec![("b".into(), 1), ("c".into(), 1)]);
         assert_eq!(stats.drops(DropReason::Conflated), 2);
         assert_eq!(stats.drops(DropReason::QueueFull), 1);
+    }
+
+    /// A burst gets, message by message, what single pushes would get.
+    #[test]
+    fn a_burst_is_pushed_as_its_messages_would_be_one_by_one() {
+        let burst: Vec<Arc<Message>> = [("a", 1), ("a", 2), ("b", 1), ("a", 3), ("c", 1)]
+            .iter()
+            .map(|(t, s)| msg(t, *s))
+            .collect();
+        for policy in [SlowConsumerPolicy::Disconnect, SlowConsumerPolicy::Conflate] {
+            let (one_stats, many_stats) = (HubStats::default(), HubStats::default());
+            let (one, many) = (outbox(3, policy), outbox(3, policy));
+            one.push_msg(&msg("z", 1), &one_stats);
+            many.push_msg(&msg("z", 1), &many_stats);
+            let enqueued_one: u64 = burst
+                .iter()
+                .map(|m| u64::from(one.push_msg(m, &one_stats).enqueued()))
+                .sum();
+            assert_eq!(
+                many.push_msgs(&burst, &many_stats),
+                enqueued_one,
+                "{policy:?}"
+            );
+            for reason in [
+                DropReason::SlowConsumerClose,
+                DropReason::Conflated,
+                DropReason::QueueFull,
+            ] {
+                assert_eq!(
+                    many_stats.drops(reason),
+                    one_stats.drops(reason),
+                    "{policy:?} {reason:?}"
+                );
+            }
+            assert_eq!(many.is_closed(), one.is_closed(), "{policy:?}");
+            if !one.is_closed() {
+                assert_eq!(seqs(&many), seqs(&one), "{policy:?}");
+            }
+        }
+        // And within the bounds, everything in order, with one wake.
+        let stats = HubStats::default();
+        let ob = outbox(10, SlowConsumerPolicy::Disconnect);
+        assert_eq!(ob.push_msgs(&burst, &stats), 5);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(ob.poll_ready(&mut cx), Poll::Ready(()));
+        assert_eq!(
+            ob.poll_ready(&mut cx),
+            Poll::Pending,
+            "one wake for the burst"
+        );
+        let want: Vec<(String, u64)> = burst.iter().map(|m| (m.topic.to_string(), m.seq)).collect();
+        assert_eq!(seqs(&ob), want);
     }
 
     #[test]

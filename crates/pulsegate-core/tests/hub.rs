@@ -77,6 +77,37 @@ fn seq_is_contiguous_per_topic() {
 }
 
 #[test]
+fn a_burst_gets_consecutive_seqs_is_retained_and_reaches_every_subscriber_in_order() {
+    let h = hub(3);
+    let exact = outbox(1, 100, SlowConsumerPolicy::Disconnect);
+    let wild = outbox(2, 100, SlowConsumerPolicy::Disconnect);
+    h.subscribe(&exact, &pat("burst/a"), false, &[], ok_frame);
+    h.subscribe(&wild, &pat("burst/#"), false, &[], ok_frame);
+    publish(&h, "burst/a", 0);
+    let msgs = h
+        .publish_many("burst/a", (1..=4).map(|n| Bytes::from(n.to_string())))
+        .unwrap();
+    assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3, 4, 5]);
+    assert!(msgs.iter().all(|m| m.ts == msgs[0].ts), "one ingress time");
+    publish(&h, "burst/a", 5);
+    let want: Vec<(String, u64)> = std::iter::once(("ok".to_string(), 0))
+        .chain((1..=6).map(|s| ("burst/a".to_string(), s)))
+        .collect();
+    assert_eq!(drain(&exact), want);
+    assert_eq!(drain(&wild), want);
+    // History bounded per message, not per burst.
+    let (_, seq, kept) = h.history("burst/a", 0, 10).unwrap();
+    assert_eq!(seq, 6);
+    assert_eq!(kept.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5, 6]);
+    assert_eq!(
+        h.stats()
+            .published
+            .load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+}
+
+#[test]
 fn wildcard_subscriber_gets_new_and_existing_topics_once() {
     let h = hub(100);
     publish(&h, "site/a/power", 1);

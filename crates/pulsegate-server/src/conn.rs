@@ -41,6 +41,9 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// shares no allocator size class with the long-lived per-connection
 /// objects (docs/ARCHITECTURE.md, memory).
 const BATCH_KEEP: usize = 256;
+/// Most pipelined `pub` frames to one topic published together (see
+/// `Conn::take_burst`).
+const INGRESS_BURST: usize = 64;
 /// How long a close handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -500,11 +503,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         Ok(())
     }
 
-    /// Handles what the WebSocket stream yielded. Returns `Some` to end the connection.
+    /// Handles what the WebSocket stream yielded, and the frames a burst of
+    /// `pub`s read ahead but did not take. Returns `Some` to end the connection.
     async fn on_frame(
         &mut self,
         frame: Option<Result<Message, WsError>>,
         beat: &mut Heartbeat,
+    ) -> Option<End> {
+        let mut frame = frame;
+        loop {
+            let mut held = None;
+            if let Some(end) = self.on_one_frame(frame, beat, &mut held).await {
+                return Some(end);
+            }
+            frame = Some(held?);
+        }
+    }
+
+    /// One frame; a `pub` may read further buffered frames, and leaves the
+    /// first it does not take in `held`.
+    async fn on_one_frame(
+        &mut self,
+        frame: Option<Result<Message, WsError>>,
+        beat: &mut Heartbeat,
+        held: &mut Option<Result<Message, WsError>>,
     ) -> Option<End> {
         let msg = match frame {
             None => return Some(End::ClientClosed(None)),
@@ -544,7 +566,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 c.as_ref().map_or(1005, |(code, _)| *code),
             )))
         } else if let Some(binary) = binary {
-            self.handle_frame(binary, &payload).await
+            self.handle_frame(binary, &payload, held).await
         } else {
             // Pings are answered by the WebSocket layer.
             None
@@ -754,7 +776,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
     }
 
     /// Handles one data frame from the client. Returns `Some` to end the connection.
-    async fn handle_frame(&mut self, binary: bool, payload: &Bytes) -> Option<End> {
+    async fn handle_frame(
+        &mut self,
+        binary: bool,
+        payload: &Bytes,
+        held: &mut Option<Result<Message, WsError>>,
+    ) -> Option<End> {
         if binary != self.codec.is_binary() {
             let want = if self.codec.is_binary() {
                 "binary (pulsegate.v1.msgpack)"
@@ -849,30 +876,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     self.error(id, ErrorCode::Limit, over.message().into());
                     return None;
                 }
-                let published = match self.shared.cluster.get() {
+                if let Some(c) = self.shared.cluster.get() {
                     // Boxed: the backplane round trip's state is not kept in
                     // every connection's future.
-                    Some(c) => Box::pin(c.publish(&topic, data)).await,
-                    None => self.shared.hub.publish(&topic, data),
-                };
-                match published {
-                    Ok(m) => {
-                        let metrics = &self.shared.metrics;
-                        metrics.published(Source::Ws, size);
-                        metrics.observe(&metrics.publish_fanout, now_micros().saturating_sub(m.ts));
-                        self.reply(ServerFrame::Ok(Reply {
-                            id,
-                            topic: Some(topic),
-                            seq: Some(m.seq),
-                            epoch: Some(m.epoch.to_string()),
-                            ..Reply::default()
-                        }));
+                    let published = Box::pin(c.publish(&topic, data)).await;
+                    self.published(id, &topic, size, published);
+                    return None;
+                }
+                let mut burst = vec![(id, data)];
+                let refused = self.take_burst(&topic, &mut burst, held);
+                let sizes: Vec<(Option<Id>, usize)> =
+                    burst.iter().map(|(id, d)| (id.clone(), d.len())).collect();
+                match self
+                    .shared
+                    .hub
+                    .publish_many(&topic, burst.into_iter().map(|(_, d)| d))
+                {
+                    Ok(msgs) => {
+                        for ((id, size), m) in sizes.into_iter().zip(msgs) {
+                            self.published(id, &topic, size, Ok(m));
+                        }
                     }
                     Err(e) => {
-                        let code = hub_error_code(&e);
-                        self.shared.metrics.publish_error(code.as_str());
-                        self.error(id, code, e.to_string());
+                        for (id, size) in sizes {
+                            self.published(id, &topic, size, Err(e.clone()));
+                        }
                     }
+                }
+                if let Some((id, over)) = refused {
+                    self.shared.metrics.publish_error("limit");
+                    self.shared.metrics.rate_limited(over.label());
+                    self.error(id, ErrorCode::Limit, over.message().into());
                 }
             }
             ClientFrame::Sub {
@@ -1074,6 +1108,80 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                     ErrorCode::Forbidden,
                     e.to_string(),
                 )
+            }
+        }
+    }
+
+    /// Takes the `pub` frames to `topic` that follow in the read buffer
+    /// (a publisher pipelining), so that the hub stamps and fans them out
+    /// together: one topic lock and one queue mutex per subscriber for the
+    /// burst instead of per message. The first frame that is anything else
+    /// is left in `held`, so frames are still handled in the order sent. The
+    /// burst's first frame passed every check that depends on the topic and
+    /// the connection (topic syntax, reserved prefix, certificate, ACL; an
+    /// `auth` that could change them ends the burst), so only the rate limit
+    /// is left per frame; a frame it refuses ends the burst and is returned,
+    /// to be answered after the burst's replies.
+    fn take_burst(
+        &mut self,
+        topic: &str,
+        burst: &mut Vec<(Option<Id>, Bytes)>,
+        held: &mut Option<Result<Message, WsError>>,
+    ) -> Option<(Option<Id>, crate::ratelimit::Exceeded)> {
+        while burst.len() < INGRESS_BURST {
+            let next = self.ws.next_buffered()?;
+            let payload = match &next {
+                Ok(Message::Text(b)) if !self.codec.is_binary() => b,
+                Ok(Message::Binary(b)) if self.codec.is_binary() => b,
+                _ => {
+                    *held = Some(next);
+                    return None;
+                }
+            };
+            let (id, data) = match self.codec.decode(&payload[..]) {
+                Ok(ClientFrame::Pub { id, topic: t, data }) if t == topic => (id, data),
+                _ => {
+                    *held = Some(next);
+                    return None;
+                }
+            };
+            let len = payload.len() as u64;
+            self.info.messages_in.fetch_add(1, Relaxed);
+            self.info.bytes_in.fetch_add(len, Relaxed);
+            self.shared.metrics.received(self.codec, Kind::Data, len);
+            if let Some(Err(over)) = self.pub_buckets.as_ref().map(|b| b.take(data.len())) {
+                return Some((id, over));
+            }
+            burst.push((id, data));
+        }
+        None
+    }
+
+    /// Counts a publish and answers it.
+    fn published(
+        &self,
+        id: Option<Id>,
+        topic: &str,
+        size: usize,
+        result: Result<Arc<pulsegate_core::Message>, HubError>,
+    ) {
+        match result {
+            Ok(m) => {
+                let metrics = &self.shared.metrics;
+                metrics.published(Source::Ws, size);
+                metrics.observe(&metrics.publish_fanout, now_micros().saturating_sub(m.ts));
+                self.reply(ServerFrame::Ok(Reply {
+                    id,
+                    topic: Some(topic.to_owned()),
+                    seq: Some(m.seq),
+                    epoch: Some(m.epoch.to_string()),
+                    ..Reply::default()
+                }));
+            }
+            Err(e) => {
+                let code = hub_error_code(&e);
+                self.shared.metrics.publish_error(code.as_str());
+                self.error(id, code, e.to_string());
             }
         }
     }

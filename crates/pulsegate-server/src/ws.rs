@@ -312,15 +312,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 return Poll::Ready(None);
             }
             if !self.discarding {
-                match self.decoder.decode(&mut self.rbuf) {
-                    Ok(Some(msg)) => return Poll::Ready(Some(Ok(self.on_message(msg)))),
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.read_done = true;
-                        self.discarding = true;
-                        self.rbuf = BytesMut::new();
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
+                if let Some(got) = self.decode_buffered() {
+                    return Poll::Ready(Some(got));
                 }
             } else {
                 self.rbuf.clear();
@@ -354,6 +347,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     self.discarding = false;
                     return Poll::Ready(Some(Err(e.into())));
                 }
+            }
+        }
+    }
+
+    /// The next message if it is already complete in the read buffer,
+    /// without reading the socket or flushing replies (`None` otherwise,
+    /// also while more than `MAX_PENDING_CONTROL` bytes of pongs and
+    /// closes wait to be written). The connection uses it to take a
+    /// publisher's pipelined `pub` frames in one go.
+    pub fn next_buffered(&mut self) -> Option<Result<Message, WsError>> {
+        if self.read_done || self.discarding || self.control_bytes > MAX_PENDING_CONTROL {
+            return None;
+        }
+        self.decode_buffered()
+    }
+
+    fn decode_buffered(&mut self) -> Option<Result<Message, WsError>> {
+        match self.decoder.decode(&mut self.rbuf) {
+            Ok(Some(msg)) => Some(Ok(self.on_message(msg))),
+            Ok(None) => None,
+            Err(e) => {
+                self.read_done = true;
+                self.discarding = true;
+                self.rbuf = BytesMut::new();
+                Some(Err(e.into()))
             }
         }
     }

@@ -449,3 +449,144 @@ async fn conflate_policy_skips_to_the_newest_message_and_keeps_the_connection() 
         (&json!(total + 1), &json!("after"))
     );
 }
+
+// ---------------------------------------------------------------------------
+// Pipelined publishes (one write, taken from the read buffer as bursts)
+// ---------------------------------------------------------------------------
+
+/// `pub` frames to one topic that arrive together are published as one
+/// burst (`Conn::take_burst`). Whatever else is in between — another
+/// topic, an app ping, a WebSocket ping, a refused publish — must keep its
+/// place: replies in the order sent, and subscribers see the messages in
+/// the order published.
+#[tokio::test]
+async fn pipelined_publishes_keep_their_order_around_other_frames() {
+    let server = TestServer::start().await;
+    let (mut sub, _) = WsClient::connect(&server.ws_url()).await;
+    subscribe(&mut sub, "burst/a").await;
+    subscribe(&mut sub, "burst/b").await;
+    let (status, _, mut raw) = pulsegate_testkit::raw_upgrade(server.addr, "/ws", &[]).await;
+    assert_eq!(status, 101);
+    assert_eq!(raw.read_json().await["op"], "welcome");
+
+    use pulsegate_testkit::opcode::{PING, PONG, TEXT};
+    let publish = |id: u64, topic: &str| {
+        json!({"op": "pub", "id": id, "topic": topic, "data": id}).to_string()
+    };
+    let mut frames: Vec<(u8, String)> = Vec::new();
+    for id in 0..5 {
+        frames.push((TEXT, publish(id, "burst/a")));
+    }
+    frames.push((TEXT, publish(5, "burst/b")));
+    for id in 6..9 {
+        frames.push((TEXT, publish(id, "burst/a")));
+    }
+    frames.push((TEXT, json!({"op": "ping", "id": 9}).to_string()));
+    for id in 10..13 {
+        frames.push((TEXT, publish(id, "burst/a")));
+    }
+    frames.push((PING, "hb".into()));
+    frames.push((TEXT, publish(13, "burst/a")));
+    frames.push((TEXT, publish(14, "$sys/x")));
+    frames.push((TEXT, publish(15, "burst/a")));
+    let refs: Vec<(u8, &[u8])> = frames.iter().map(|(o, p)| (*o, p.as_bytes())).collect();
+    raw.send_frames(&refs).await;
+
+    // (id, topic, seq) of every ok, in the order sent; `None` topic for the
+    // pong and the refusal.
+    let expected: Vec<(u64, Option<&str>, u64)> = vec![
+        (0, Some("burst/a"), 1),
+        (1, Some("burst/a"), 2),
+        (2, Some("burst/a"), 3),
+        (3, Some("burst/a"), 4),
+        (4, Some("burst/a"), 5),
+        (5, Some("burst/b"), 1),
+        (6, Some("burst/a"), 6),
+        (7, Some("burst/a"), 7),
+        (8, Some("burst/a"), 8),
+        (9, None, 0),
+        (10, Some("burst/a"), 9),
+        (11, Some("burst/a"), 10),
+        (12, Some("burst/a"), 11),
+        (13, Some("burst/a"), 12),
+        (14, None, 0),
+        (15, Some("burst/a"), 13),
+    ];
+    let mut pongs = 0;
+    let mut replies = Vec::new();
+    while replies.len() < expected.len() {
+        let (op, payload) = raw.read_frame().await.expect("a reply");
+        if op == PONG {
+            assert_eq!(payload, b"hb");
+            pongs += 1;
+            continue;
+        }
+        assert_eq!(op, TEXT);
+        replies.push(serde_json::from_slice::<Value>(&payload).expect("JSON reply"));
+    }
+    assert_eq!(pongs, 1, "the WebSocket ping is answered once");
+    for (reply, (id, topic, seq)) in replies.iter().zip(&expected) {
+        assert_eq!(reply["id"], *id, "replies in the order sent: {replies:?}");
+        match (id, topic) {
+            (9, _) => assert_eq!(reply["op"], "pong", "{reply}"),
+            (14, _) => {
+                assert_eq!(reply["op"], "error", "{reply}");
+                assert_eq!(reply["code"], "forbidden", "{reply}");
+            }
+            (_, Some(t)) => {
+                assert_eq!(reply["op"], "ok", "{reply}");
+                assert_eq!(reply["topic"], *t, "{reply}");
+                assert_eq!(reply["seq"], *seq, "{reply}");
+            }
+            _ => unreachable!(),
+        }
+    }
+    let got = recv_topics_and_seqs(&mut sub, 14).await;
+    let want: Vec<(String, u64)> = expected
+        .iter()
+        .filter_map(|(_, t, seq)| t.map(|t| (t.to_string(), *seq)))
+        .collect();
+    assert_eq!(got, want, "published in the order sent");
+    assert_nothing_queued(&mut sub).await;
+}
+
+/// A rate limit that runs out inside a burst: the accepted publishes are
+/// answered first, then each refused one, in the order sent, and
+/// subscribers get exactly the accepted messages.
+#[tokio::test]
+async fn a_rate_limit_inside_a_pipelined_burst_refuses_the_rest_in_order() {
+    let server = TestServer::start_with(|c| c.limits.publish_rate = 3).await;
+    let (mut sub, _) = WsClient::connect(&server.ws_url()).await;
+    subscribe(&mut sub, "burst/limited").await;
+    let (status, _, mut raw) = pulsegate_testkit::raw_upgrade(server.addr, "/ws", &[]).await;
+    assert_eq!(status, 101);
+    assert_eq!(raw.read_json().await["op"], "welcome");
+    let frames: Vec<String> = (0..8)
+        .map(|id| json!({"op": "pub", "id": id, "topic": "burst/limited", "data": id}).to_string())
+        .collect();
+    let refs: Vec<(u8, &[u8])> = frames
+        .iter()
+        .map(|f| (pulsegate_testkit::opcode::TEXT, f.as_bytes()))
+        .collect();
+    raw.send_frames(&refs).await;
+    let mut ops = Vec::new();
+    for id in 0..8 {
+        let r = raw.read_json().await;
+        assert_eq!(r["id"], id, "{r}");
+        ops.push(r["op"].as_str().expect("op").to_string());
+        if r["op"] == "ok" {
+            assert_eq!(r["seq"], id + 1, "{r}");
+        } else {
+            assert_eq!(r["code"], "limit", "{r}");
+        }
+    }
+    let accepted = ops.iter().take_while(|o| *o == "ok").count();
+    assert!((1..=3).contains(&accepted), "{ops:?}");
+    assert!(ops[accepted..].iter().all(|o| o == "error"), "{ops:?}");
+    let got = recv_topics_and_seqs(&mut sub, accepted).await;
+    let want: Vec<(String, u64)> = (1..=accepted as u64)
+        .map(|s| ("burst/limited".to_string(), s))
+        .collect();
+    assert_eq!(got, want);
+    assert_nothing_queued(&mut sub).await;
+}

@@ -417,22 +417,24 @@ pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 impl RawWs {
     /// Sends one masked frame with FIN set, as a client must.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mut frame = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
+        self.send_frames(&[(opcode, payload)]).await;
+    }
+
+    /// Sends masked frames with one write, so that the server finds them
+    /// in its read buffer together (a client pipelining requests).
+    pub async fn send_frames(&mut self, frames: &[(u8, &[u8])]) {
+        let mut bytes = Vec::new();
+        for (opcode, payload) in frames {
+            bytes.extend_from_slice(&masked_frame(*opcode, payload));
         }
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&frame).await.expect("write frame");
+        self.stream.write_all(&bytes).await.expect("write frames");
+    }
+
+    /// Reads the next frame, which must be a text frame, as JSON.
+    pub async fn read_json(&mut self) -> Value {
+        let (op, payload) = self.read_frame().await.expect("a frame");
+        assert_eq!(op, opcode::TEXT, "text frame expected");
+        serde_json::from_slice(&payload).expect("JSON frame")
     }
 
     /// Reads the next frame from the server as (opcode, payload); `None` when
@@ -480,6 +482,26 @@ impl RawWs {
         self.buf.extend_from_slice(&rest);
         self.buf
     }
+}
+
+/// One masked client frame with FIN set.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }
 
 /// One unmasked server frame at the start of `buf`: ((opcode, payload), bytes used).
