@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use pulsegate_proto::{Pattern, Position};
 
 use crate::backplane::BackplaneError;
-use crate::message::{now_micros, Message};
+use crate::message::{now_micros, Message, Run};
 use crate::outbox::Outbox;
 use crate::stats::HubStats;
 
@@ -208,7 +208,8 @@ impl Hub {
     /// Publishes consecutive messages to one topic, as [`Hub::publish`]
     /// does each, but under one read lock and one topic lock, and with one
     /// queue mutex per subscriber for all of them (a publisher's pipelined
-    /// burst). The messages get consecutive `seq`s, in order.
+    /// burst). The messages get consecutive `seq`s, in order, and are
+    /// queued as one [`Run`] per subscriber when they fit its bounds.
     pub fn publish_many(
         &self,
         topic: &str,
@@ -243,8 +244,15 @@ impl Hub {
             })
             .collect();
         let mut enqueued = 0;
-        for sub in inner.subscribers.values() {
-            enqueued += sub.outbox.push_msgs(&msgs, &self.stats);
+        if let [msg] = &msgs[..] {
+            for sub in inner.subscribers.values() {
+                enqueued += u64::from(sub.outbox.push_msg(msg, &self.stats).enqueued());
+            }
+        } else if !inner.subscribers.is_empty() {
+            let run = Arc::new(Run::new(msgs.clone()));
+            for sub in inner.subscribers.values() {
+                enqueued += sub.outbox.push_run(&run, &self.stats);
+            }
         }
         self.stats.enqueued.fetch_add(enqueued, Relaxed);
         drop(inner);

@@ -21,7 +21,7 @@ pub use backplane::{
 };
 pub use cluster::{Cluster, ClusterStats, LagObserver};
 pub use hub::{Hub, HubConfig, HubError, Ingested, OnGap, SubscribeOutcome, TopicInfo};
-pub use message::{now_micros, Message};
+pub use message::{now_micros, Message, Run};
 pub use outbox::{
     CloseReason, Control, Outbox, OutboxLimits, Outgoing, PushOutcome, SlowConsumerPolicy,
 };

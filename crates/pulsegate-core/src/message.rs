@@ -74,3 +74,58 @@ impl Message {
             + self.topic.len()
     }
 }
+
+/// Consecutive messages of one topic published together (a publisher's
+/// pipelined burst, see [`crate::Hub::publish_many`]), queued as one entry
+/// per subscriber. Besides each message's own frame, a run keeps, per
+/// codec, its frames already wrapped for the wire and back to back, built
+/// once by the first subscriber that writes the run and shared by all: a
+/// connection writes the whole run with one copy, or none.
+#[derive(Debug)]
+pub struct Run {
+    /// The messages, in `seq` order.
+    pub msgs: Vec<Arc<Message>>,
+    json: RunCodec,
+    msgpack: RunCodec,
+}
+
+#[derive(Debug, Default)]
+struct RunCodec {
+    /// Sum of the messages' frame lengths (what the queue bounds count).
+    len: OnceLock<usize>,
+    /// The frames as written to the socket.
+    wire: OnceLock<Bytes>,
+}
+
+impl Run {
+    /// A run of `msgs` (at least one).
+    pub fn new(msgs: Vec<Arc<Message>>) -> Run {
+        debug_assert!(!msgs.is_empty());
+        Run {
+            msgs,
+            json: RunCodec::default(),
+            msgpack: RunCodec::default(),
+        }
+    }
+
+    fn codec(&self, codec: Codec) -> &RunCodec {
+        match codec {
+            Codec::Json => &self.json,
+            Codec::MsgPack => &self.msgpack,
+        }
+    }
+
+    /// Total length of the messages' frames for `codec`.
+    pub fn frames_len(&self, codec: Codec) -> usize {
+        *self
+            .codec(codec)
+            .len
+            .get_or_init(|| self.msgs.iter().map(|m| m.frame_ref(codec).len()).sum())
+    }
+
+    /// The frames for `codec` as the transport writes them, built by
+    /// `frame` on first use and then shared.
+    pub fn wire(&self, codec: Codec, frame: impl FnOnce(&[Arc<Message>]) -> Bytes) -> &Bytes {
+        self.codec(codec).wire.get_or_init(|| frame(&self.msgs))
+    }
+}

@@ -18,7 +18,7 @@ use pulsegate_proto::Codec;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::task::{Context, Poll};
 
-use crate::message::Message;
+use crate::message::{Message, Run};
 use crate::stats::{DropReason, HubStats};
 
 /// What to do with a subscriber whose queue is full.
@@ -83,22 +83,47 @@ pub enum Outgoing {
     Forced(Arc<Message>),
     /// A reply or other frame of our protocol, already encoded.
     Reply(Box<Bytes>),
+    /// Live data messages of one topic published together, queued as one
+    /// entry (see [`Run`]).
+    Run(Arc<Run>),
 }
 
 impl Outgoing {
-    /// The data message, for live, replayed and snapshot frames.
-    pub fn message(&self) -> Option<&Arc<Message>> {
+    /// The data messages of the entry (none for a reply).
+    pub fn messages(&self) -> &[Arc<Message>] {
         match self {
-            Outgoing::Live(m) | Outgoing::Forced(m) => Some(m),
-            Outgoing::Reply(_) => None,
+            Outgoing::Live(m) | Outgoing::Forced(m) => std::slice::from_ref(m),
+            Outgoing::Run(r) => &r.msgs,
+            Outgoing::Reply(_) => &[],
         }
     }
 
-    /// The encoded frame (text for JSON, binary for MessagePack).
-    pub fn frame(&self, codec: Codec) -> &Bytes {
+    /// The encoded frames (text for JSON, binary for MessagePack), one per
+    /// message or the reply.
+    pub fn frames(&self, codec: Codec) -> impl Iterator<Item = &Bytes> {
+        let reply = match self {
+            Outgoing::Reply(b) => Some(&**b),
+            _ => None,
+        };
+        reply
+            .into_iter()
+            .chain(self.messages().iter().map(move |m| m.frame_ref(codec)))
+    }
+
+    /// Total length of the entry's frames.
+    pub fn len(&self, codec: Codec) -> usize {
         match self {
-            Outgoing::Live(m) | Outgoing::Forced(m) => m.frame_ref(codec),
-            Outgoing::Reply(b) => b,
+            Outgoing::Live(m) | Outgoing::Forced(m) => m.frame_ref(codec).len(),
+            Outgoing::Run(r) => r.frames_len(codec),
+            Outgoing::Reply(b) => b.len(),
+        }
+    }
+
+    /// Frames the entry holds (a run holds several).
+    fn count(&self) -> usize {
+        match self {
+            Outgoing::Run(r) => r.msgs.len(),
+            _ => 1,
         }
     }
 
@@ -138,6 +163,8 @@ impl PushOutcome {
 struct State {
     codec: Codec,
     items: VecDeque<Outgoing>,
+    /// Frames queued beyond one per entry (runs hold several).
+    run_extra: usize,
     bytes: usize,
     /// Forced frames (replay, snapshot) still queued, and their bytes: they
     /// do not count against the bounds, so a recovery never trips the
@@ -152,6 +179,7 @@ impl State {
         State {
             codec,
             items: VecDeque::new(),
+            run_extra: 0,
             bytes: 0,
             forced_items: 0,
             forced_bytes: 0,
@@ -162,14 +190,15 @@ impl State {
     /// Frames and bytes that count against the bounds.
     fn bounded(&self) -> (usize, usize) {
         (
-            self.items.len() - self.forced_items,
+            self.items.len() + self.run_extra - self.forced_items,
             self.bytes - self.forced_bytes,
         )
     }
 
     fn push(&mut self, item: Outgoing) {
-        let len = item.frame(self.codec).len();
+        let len = item.len(self.codec);
         self.bytes += len;
+        self.run_extra += item.count() - 1;
         if item.forced() {
             self.forced_items += 1;
             self.forced_bytes += len;
@@ -196,17 +225,37 @@ impl State {
     }
 
     fn forget(&mut self, item: &Outgoing) {
-        let len = item.frame(self.codec).len();
+        let len = item.len(self.codec);
         self.bytes -= len;
+        self.run_extra -= item.count() - 1;
         if item.forced() {
             self.forced_items -= 1;
             self.forced_bytes -= len;
         }
     }
 
+    /// Replaces every run by its messages, for the conflate policy, which
+    /// drops and replaces single messages.
+    fn split_runs(&mut self) {
+        if self.run_extra == 0 {
+            return;
+        }
+        let items = std::mem::take(&mut self.items);
+        self.items.reserve(items.len() + self.run_extra);
+        for item in items {
+            match item {
+                Outgoing::Run(r) => self
+                    .items
+                    .extend(r.msgs.iter().map(|m| Outgoing::Live(m.clone()))),
+                other => self.items.push_back(other),
+            }
+        }
+        self.run_extra = 0;
+    }
+
     /// Empties the queue and returns how many data frames were discarded.
     fn discard(&mut self) -> u64 {
-        let data = self.items.iter().filter(|i| i.message().is_some()).count() as u64;
+        let data = self.items.iter().map(|i| i.messages().len()).sum::<usize>() as u64;
         *self = State {
             closed: self.closed,
             ..State::new(self.codec)
@@ -299,6 +348,33 @@ impl Outbox {
         enqueued
     }
 
+    /// Pushes a run of live messages as one entry when all of it fits in
+    /// the bounds (one lock, one entry, at most one wake); otherwise message
+    /// by message as [`Outbox::push_msgs`], so the slow-consumer policy
+    /// sees each. Returns how many messages were enqueued.
+    pub fn push_run(&self, run: &Arc<Run>, stats: &HubStats) -> u64 {
+        let n = run.msgs.len();
+        let len = run.frames_len(self.codec);
+        let mut st = self.state.lock();
+        if let Some(reason) = st.closed {
+            drop(st);
+            stats.count_drop(reason.drop_reason(), n as u64);
+            return 0;
+        }
+        let (queued, bytes) = st.bounded();
+        if queued + n > self.limits.max_messages || bytes + len > self.limits.max_bytes {
+            drop(st);
+            return self.push_msgs(&run.msgs, stats);
+        }
+        let was_empty = st.items.is_empty();
+        st.push(Outgoing::Run(run.clone()));
+        drop(st);
+        if was_empty {
+            self.signal();
+        }
+        n as u64
+    }
+
     fn push_locked(&self, st: &mut State, msg: &Arc<Message>, stats: &HubStats) -> PushOutcome {
         if let Some(reason) = st.closed {
             stats.count_drop(reason.drop_reason(), 1);
@@ -320,9 +396,10 @@ impl Outbox {
                     return PushOutcome::Overflow;
                 }
                 SlowConsumerPolicy::Conflate => {
+                    st.split_runs();
                     let same = st.items.iter().rposition(|i| i.is_live_of(&msg.topic));
                     if let Some(pos) = same {
-                        st.bytes = st.bytes - st.items[pos].frame(self.codec).len() + len;
+                        st.bytes = st.bytes - st.items[pos].len(self.codec) + len;
                         st.items[pos] = Outgoing::Live(msg.clone());
                         stats.count_drop(DropReason::Conflated, 1);
                         return PushOutcome::Conflated;
@@ -415,6 +492,7 @@ impl Outbox {
         }
         if out.is_empty() && st.items.len() <= max_frames && st.bytes <= max_bytes {
             std::mem::swap(&mut st.items, out);
+            st.run_extra = 0;
             st.bytes = 0;
             st.forced_items = 0;
             st.forced_bytes = 0;
@@ -428,7 +506,7 @@ impl Outbox {
             let Some(item) = st.pop_front() else {
                 break;
             };
-            bytes += item.frame(self.codec).len();
+            bytes += item.len(self.codec);
             out.push_back(item);
         }
         if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
@@ -456,7 +534,7 @@ impl Outbox {
     /// Frames and bytes queued now.
     pub fn depth(&self) -> (usize, usize) {
         let st = self.state.lock();
-        (st.items.len(), st.bytes)
+        (st.items.len() + st.run_extra, st.bytes)
     }
 
     fn signal(&self) {
@@ -531,8 +609,9 @@ mod tests {
         let mut out = VecDeque::new();
         ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
         out.iter()
-            .map(|o| {
-                let v: serde_json::Value = serde_json::from_slice(o.frame(Codec::Json)).unwrap();
+            .flat_map(|o| o.frames(Codec::Json))
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_slice(f).unwrap();
                 (
                     v["topic"].as_str().unwrap().to_string(),
                     v["seq"].as_u64().unwrap(),
@@ -628,6 +707,57 @@ mod tests {
         assert_eq!(seqs(&ob), want);
     }
 
+    /// A run is one entry when it fits, and otherwise (and for the conflate
+    /// policy, once runs are queued) leads to exactly what pushing its
+    /// messages one by one would.
+    #[test]
+    fn runs_are_one_entry_within_the_bounds_and_single_messages_beyond() {
+        let run = |topic: &str, seqs: std::ops::RangeInclusive<u64>| {
+            Arc::new(Run::new(seqs.map(|s| msg(topic, s)).collect()))
+        };
+        let runs = [run("a", 1..=3), run("b", 1..=4)];
+        let singles = [msg("c", 1), msg("a", 4)];
+        for policy in [SlowConsumerPolicy::Disconnect, SlowConsumerPolicy::Conflate] {
+            let (one_stats, run_stats) = (HubStats::default(), HubStats::default());
+            let (one, ob) = (outbox(6, policy), outbox(6, policy));
+            assert_eq!(ob.push_run(&runs[0], &run_stats), 3);
+            assert_eq!(ob.depth().0, 3, "a run counts its messages");
+            assert_eq!(ob.state.lock().items.len(), 1, "as one entry");
+            for r in &runs {
+                for m in &r.msgs {
+                    one.push_msg(m, &one_stats);
+                }
+            }
+            ob.push_run(&runs[1], &run_stats);
+            for m in &singles {
+                one.push_msg(m, &one_stats);
+                ob.push_msg(m, &run_stats);
+            }
+            for reason in [
+                DropReason::SlowConsumerClose,
+                DropReason::Conflated,
+                DropReason::QueueFull,
+            ] {
+                assert_eq!(
+                    run_stats.drops(reason),
+                    one_stats.drops(reason),
+                    "{policy:?} {reason:?}"
+                );
+            }
+            assert_eq!(ob.is_closed(), one.is_closed(), "{policy:?}");
+            assert_eq!(ob.depth(), one.depth(), "{policy:?}");
+            if !one.is_closed() {
+                assert_eq!(seqs(&ob), seqs(&one), "{policy:?}");
+            }
+        }
+        // A closed queue counts every message of a run it refuses.
+        let stats = HubStats::default();
+        let ob = outbox(6, SlowConsumerPolicy::Disconnect);
+        ob.close(CloseReason::Ended, &stats);
+        assert_eq!(ob.push_run(&runs[1], &stats), 0);
+        assert_eq!(stats.drops(DropReason::ConnectionClosed), 4);
+    }
+
     #[test]
     fn forced_frames_are_outside_the_bounds_and_never_conflated() {
         let stats = HubStats::default();
@@ -701,7 +831,7 @@ mod tests {
         ob.push_reply(Bytes::from_static(b"again"), &stats);
         out.clear();
         ob.take_batch(&mut out, 10, 1 << 20).unwrap();
-        assert_eq!(&out[0].frame(Codec::Json)[..], b"again");
+        assert_eq!(&out[0].frames(Codec::Json).next().unwrap()[..], b"again");
     }
 
     #[test]

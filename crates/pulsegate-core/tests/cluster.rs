@@ -81,14 +81,13 @@ fn drain(ob: &Outbox) -> Vec<(String, u64, String)> {
     let mut out = VecDeque::new();
     ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
     out.iter()
-        .filter_map(
-            |o| match Codec::Json.decode_server(o.frame(Codec::Json)).unwrap() {
-                ServerFrame::Msg {
-                    topic, seq, epoch, ..
-                } => Some((topic, seq, epoch)),
-                _ => None,
-            },
-        )
+        .flat_map(|o| o.frames(Codec::Json))
+        .filter_map(|f| match Codec::Json.decode_server(f).unwrap() {
+            ServerFrame::Msg {
+                topic, seq, epoch, ..
+            } => Some((topic, seq, epoch)),
+            _ => None,
+        })
         .collect()
 }
 

@@ -38,13 +38,12 @@ fn drain(ob: &Outbox) -> Vec<(String, u64)> {
     let mut out = VecDeque::new();
     ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
     out.iter()
-        .map(
-            |o| match Codec::Json.decode_server(o.frame(Codec::Json)).unwrap() {
-                ServerFrame::Msg { topic, seq, .. } => (topic, seq),
-                ServerFrame::Ok(_) => ("ok".to_string(), 0),
-                other => panic!("unexpected {other:?}"),
-            },
-        )
+        .flat_map(|o| o.frames(Codec::Json))
+        .map(|f| match Codec::Json.decode_server(f).unwrap() {
+            ServerFrame::Msg { topic, seq, .. } => (topic, seq),
+            ServerFrame::Ok(_) => ("ok".to_string(), 0),
+            other => panic!("unexpected {other:?}"),
+        })
         .collect()
 }
 
@@ -414,8 +413,8 @@ proptest! {
         let read = |ob: &Outbox, seen: &mut std::collections::BTreeMap<String, (String, u64)>| -> Result<(), TestCaseError> {
             let mut out = VecDeque::new();
             ob.take_batch(&mut out, usize::MAX, usize::MAX).unwrap();
-            for o in out {
-                if let ServerFrame::Msg { topic, seq, epoch, .. } = Codec::Json.decode_server(o.frame(Codec::Json)).unwrap() {
+            for f in out.iter().flat_map(|o| o.frames(Codec::Json)) {
+                if let ServerFrame::Msg { topic, seq, epoch, .. } = Codec::Json.decode_server(f).unwrap() {
                     let last = seen.get(&topic).map(|(_, s)| *s).unwrap_or(0);
                     prop_assert_eq!(seq, last + 1, "gap or duplicate on {}", topic);
                     seen.insert(topic, (epoch, seq));

@@ -30,7 +30,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use crate::io::Hibernate;
 use crate::metrics::{FrameError, Initiator, Kind, Source};
 use crate::state::{ConnInfo, ConnSlot, Phase, Shared};
-use crate::ws::{WsError, WsStream};
+use crate::ws::{frame_all, WsError, WsStream};
 
 /// Most frames written per vectored write.
 const BATCH_FRAMES: usize = 256;
@@ -169,8 +169,9 @@ struct Conn<S> {
     batch: VecDeque<Outgoing>,
     /// What the admin API sees of this connection; also its counters.
     info: Arc<ConnInfo>,
-    /// Ingress times of the batch being written (reused; for the lag histogram).
-    lag_ts: Vec<u64>,
+    /// Ingress times of the batch being written and how many deliveries
+    /// share each (reused; for the lag histogram).
+    lag_ts: Vec<(u64, u64)>,
     /// Token and grants (`auth.mode = "jwt"`); boxed, as most connections
     /// of an unauthenticated deployment never have one.
     identity: Option<Box<crate::auth::Identity>>,
@@ -603,7 +604,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 }
                 return Ok(());
             }
-            let n = self.batch.len() as u64;
             let binary = self.codec.is_binary();
             let ws = &mut self.ws;
             let batch = &mut self.batch;
@@ -615,24 +615,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
             let mut tally = Tally::default();
             let mut lag_ts = std::mem::take(&mut self.lag_ts);
             let record_lag = metrics.enabled();
+            let codec = self.codec;
             for item in batch.drain(..) {
-                let frame = item.frame(self.codec);
-                let len = frame.len() as u64;
-                match item.message() {
+                let len = item.len(codec) as u64;
+                let msgs = item.messages();
+                match msgs.first() {
                     Some(m) if !m.topic.starts_with('$') => {
-                        tally.data += 1;
+                        tally.data += msgs.len() as u64;
                         tally.data_bytes += len;
                         if record_lag {
-                            lag_ts.push(m.ts);
+                            // (ingress time, deliveries): a burst shares one time.
+                            for m in msgs {
+                                match lag_ts.last_mut() {
+                                    Some((t, k)) if *t == m.ts => *k += 1,
+                                    _ => lag_ts.push((m.ts, 1)),
+                                }
+                            }
                         }
                     }
                     _ => {
-                        tally.control += 1;
+                        tally.control += msgs.len().max(1) as u64;
                         tally.control_bytes += len;
                     }
                 }
-                ws.queue_data(binary, frame, None);
+                match &item {
+                    // A run's frames are framed once for every subscriber
+                    // that does not compress.
+                    Outgoing::Run(run) if !ws.compressing() => {
+                        ws.queue_framed(run.wire(codec, |msgs| {
+                            frame_all(binary, msgs.iter().map(|m| m.frame_ref(codec)))
+                        }));
+                    }
+                    _ => {
+                        for frame in item.frames(codec) {
+                            ws.queue_data(binary, frame, None);
+                        }
+                    }
+                }
             }
+            let n = tally.data + tally.control;
             // Fast path: the socket usually takes the whole batch at once, and
             // then no timer is armed — arming one per write would cost two
             // timer-wheel operations per delivery.

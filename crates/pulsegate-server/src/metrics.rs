@@ -154,23 +154,23 @@ impl Histo {
         s[self.bounds.len() + 1].fetch_add(v * n, Relaxed);
     }
 
-    /// Records `now - t` for every `t` in `ts` (saturating): one atomic
-    /// add per run of observations in the same bucket, plus one for the
-    /// sum, instead of two per observation (a subscriber's batch of
-    /// deliveries lands in one or two buckets).
-    pub fn observe_since(&self, now: u64, ts: &[u64]) {
+    /// Records `now - t`, `k` times, for every `(t, k)` in `ts`
+    /// (saturating): one atomic add per run of observations in the same
+    /// bucket, plus one for the sum, instead of two per observation (a
+    /// subscriber's batch of deliveries lands in one or two buckets).
+    pub fn observe_since(&self, now: u64, ts: &[(u64, u64)]) {
         let s = &self.shards[shard()].0;
         let mut sum = 0u64;
         // The current run: its bucket and count, and the bucket's range
         // (lo, hi] (no lower end for the first bucket).
         let mut run: Option<(usize, u64)> = None;
         let (mut lo, mut hi) = (None, 0u64);
-        for &t in ts {
+        for &(t, k) in ts {
             let v = now.saturating_sub(t);
-            sum = sum.wrapping_add(v);
+            sum = sum.wrapping_add(v.wrapping_mul(k));
             if let Some((_, n)) = &mut run {
                 if v <= hi && lo.is_none_or(|l| v > l) {
-                    *n += 1;
+                    *n += k;
                     continue;
                 }
             }
@@ -178,9 +178,9 @@ impl Histo {
             lo = i.checked_sub(1).map(|k| self.bounds[k]);
             hi = self.bounds.get(i).copied().unwrap_or(u64::MAX);
             match &mut run {
-                Some((j, n)) if *j == i => *n += 1,
+                Some((j, n)) if *j == i => *n += k,
                 _ => {
-                    if let Some((j, n)) = run.replace((i, 1)) {
+                    if let Some((j, n)) = run.replace((i, k)) {
                         s[j].fetch_add(n, Relaxed);
                     }
                 }
@@ -1400,12 +1400,24 @@ mod tests {
             one.observe(1000u64.saturating_sub(t));
         }
         let batch = Histo::new(&[10, 20, 40], 1.0);
-        batch.observe_since(1000, &ts);
+        let pairs: Vec<(u64, u64)> = ts.iter().map(|t| (*t, 1)).collect();
+        batch.observe_since(1000, &pairs);
         batch.observe_since(1000, &[]);
         let (a, b) = (one.snapshot(), batch.snapshot());
         assert_eq!(a.counts, b.counts);
         assert_eq!(a.sum, b.sum);
         assert_eq!(b.count(), ts.len() as u64);
+        // Counted pairs: the same as repeating the time.
+        let counted = Histo::new(&[10, 20, 40], 1.0);
+        counted.observe_since(1000, &[(1000, 2), (995, 3), (500, 1), (990, 0), (980, 4)]);
+        let each = Histo::new(&[10, 20, 40], 1.0);
+        for (t, k) in [(1000u64, 2), (995, 3), (500, 1), (980, 4)] {
+            for _ in 0..k {
+                each.observe(1000 - t);
+            }
+        }
+        let (a, b) = (each.snapshot(), counted.snapshot());
+        assert_eq!((a.counts, a.sum), (b.counts, b.sum));
     }
 
     #[test]

@@ -121,6 +121,22 @@ enum Chunk {
     /// A frame whose payload is written from where it is (large payloads,
     /// and control frames, whose bytes the ping-flood bound counts).
     Frame(Header, Bytes),
+    /// Whole data frames, already framed ([`frame_all`]), written from
+    /// where they are.
+    Framed(Bytes),
+}
+
+/// Data frames (text, or binary) of `payloads`, back to back, as
+/// [`WsStream::queue_framed`] takes them; uncompressed.
+pub fn frame_all<'a>(binary: bool, payloads: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let opcode = if binary { OpCode::Binary } else { OpCode::Text };
+    let len = payloads.clone().map(|p| p.len() + 10).sum();
+    let mut out = Vec::with_capacity(len);
+    for p in payloads {
+        out.extend_from_slice(header(opcode, true, false, p.len()).as_bytes());
+        out.extend_from_slice(p);
+    }
+    out.into()
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
@@ -208,16 +224,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         if payload.len() > INLINE_MAX {
             return self.push(h, payload.clone(), false);
         }
-        let n = h.as_bytes().len() + payload.len();
+        self.copy_in(&[h.as_bytes(), payload]);
+    }
+
+    /// Appends whole frames to the write buffer.
+    fn copy_in(&mut self, parts: &[&[u8]]) {
         if self.wbuf.capacity() == 0 {
             // Not a size class of the long-lived per-connection objects.
             self.wbuf.reserve(WBUF_RESERVE);
         }
-        self.wbuf.extend_from_slice(h.as_bytes());
-        self.wbuf.extend_from_slice(payload);
+        let mut n = 0;
+        for part in parts {
+            self.wbuf.extend_from_slice(part);
+            n += part.len();
+        }
         match self.queue.back_mut() {
             Some(Chunk::Buf(len)) => *len += n,
             _ => self.queue.push_back(Chunk::Buf(n)),
+        }
+    }
+
+    fn push_chunk(&mut self, chunk: Chunk) {
+        if self.queue.capacity() == 0 {
+            // 16 frames: a size class no long-lived per-connection object
+            // uses, so freeing it at hibernation leaves no hole between them.
+            self.queue.reserve(16);
+        }
+        self.queue.push_back(chunk);
+    }
+
+    /// Queues data frames built by [`frame_all`] (so never compressed): up
+    /// to [`INLINE_MAX`] copied into the write buffer, larger runs shared.
+    pub fn queue_framed(&mut self, frames: &Bytes) {
+        if self.close_sent {
+            return;
+        }
+        if frames.len() > INLINE_MAX {
+            self.push_chunk(Chunk::Framed(frames.clone()));
+        } else {
+            self.copy_in(&[frames]);
         }
     }
 
@@ -270,12 +315,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             // more than MAX_PENDING_CONTROL of them are queued.
             self.control_bytes += (h.as_bytes().len() + payload.len()) as u32;
         }
-        if self.queue.capacity() == 0 {
-            // 16 frames: a size class no long-lived per-connection object
-            // uses, so freeing it at hibernation leaves no hole between them.
-            self.queue.reserve(16);
-        }
-        self.queue.push_back(Chunk::Frame(h, payload));
+        self.push_chunk(Chunk::Frame(h, payload));
     }
 
     /// Writes everything queued.
@@ -467,6 +507,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     }
                     self.queue.pop_front();
                 }
+                Chunk::Framed(p) => {
+                    let left = p.len() - self.written;
+                    if n < left {
+                        self.written += n;
+                        return;
+                    }
+                    n -= left;
+                    self.written = 0;
+                    self.queue.pop_front();
+                }
             }
         }
     }
@@ -492,6 +542,7 @@ fn unwritten<'a>(
                 [run, &[][..]]
             }
             Chunk::Frame(h, p) => [h.as_bytes(), &p[..]],
+            Chunk::Framed(p) => [&p[..], &[][..]],
         })
         .filter_map(move |part| {
             if skip >= part.len() {
@@ -630,7 +681,7 @@ mod tests {
     #[tokio::test]
     async fn partial_writes_resume_mid_frame_and_keep_frame_order() {
         // Small payloads (copied into the write buffer) and large ones
-        // (written from where they are), interleaved.
+        // (written from where they are), interleaved, alone and in runs.
         let payloads: Vec<Bytes> = (0..40)
             .map(|i| {
                 let len = if i % 7 == 3 {
@@ -656,8 +707,16 @@ mod tests {
                     vectored,
                 };
                 let mut ws = WsStream::new(io, 1 << 20, None);
-                for p in &payloads {
-                    ws.queue_data(false, p, None);
+                // Every third group of three as one pre-framed run (copied
+                // when small, shared when large), the rest frame by frame.
+                for (g, group) in payloads.chunks(3).enumerate() {
+                    if g % 3 == 0 {
+                        ws.queue_framed(&frame_all(false, group.iter()));
+                    } else {
+                        for p in group {
+                            ws.queue_data(false, p, None);
+                        }
+                    }
                 }
                 ws.queue_ping(Bytes::from_static(b"abc"));
                 ws.flush().await.unwrap();

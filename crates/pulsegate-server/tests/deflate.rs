@@ -875,6 +875,42 @@ async fn deflate_and_plain_subscribers_decode_identical_messages() {
     plain.assert_alive_and_idle().await;
 }
 
+/// A pipelined burst reaches subscribers as one queued run: the plain
+/// subscriber gets it framed once for all, the deflate subscriber message
+/// by message, each compressed iff at the threshold.
+#[tokio::test]
+async fn a_pipelined_burst_reaches_deflate_and_plain_subscribers_alike() {
+    let server = TestServer::start().await;
+    let topic = "mixed/burst";
+    let mut zipped = Client::connect_deflate(server.addr).await;
+    let mut plain = Client::connect(server.addr, None).await;
+    zipped.subscribe(topic).await;
+    plain.subscribe(topic).await;
+    let payloads = [
+        json!({"w": 1}),
+        telemetry("meter-b1", 4096),
+        json!("short"),
+        telemetry("meter-b2", 64 * 1024),
+        json!(null),
+    ];
+    let oks = support::publish_pipelined(server.addr, topic, &payloads).await;
+    for (data, ok) in payloads.iter().zip(&oks) {
+        let z = zipped.recv_msg().await;
+        let p = plain.recv_msg().await;
+        assert_eq!(z.text, p.text, "same decoded frame for both");
+        assert_eq!(z.json["seq"], ok["seq"]);
+        assert_eq!(&z.json["data"], data);
+        assert!(!p.rsv1, "never compressed without negotiation");
+        assert_eq!(
+            z.rsv1,
+            z.text.len() >= 2048,
+            "compressed iff at the threshold"
+        );
+    }
+    zipped.assert_alive_and_idle().await;
+    plain.assert_alive_and_idle().await;
+}
+
 // ---------------------------------------------------------------------------
 // 6. Bad compressed input
 // ---------------------------------------------------------------------------

@@ -436,6 +436,37 @@ async fn send_msgpack(ws: &mut Ws, frame: &ClientFrame) {
     ws.send(Message::binary(bytes)).await.expect("send");
 }
 
+/// A pipelined burst, queued as one run, reaches a MessagePack subscriber
+/// as one binary frame per message, in order.
+#[tokio::test]
+async fn a_pipelined_burst_reaches_a_msgpack_subscriber_frame_by_frame() {
+    let server = TestServer::start().await;
+    let (mut ws, _) = connect_offering(&server.ws_url(), MSGPACK_PROTOCOL).await;
+    recv_msgpack(&mut ws).await;
+    send_msgpack(
+        &mut ws,
+        &ClientFrame::Sub {
+            id: Some(Id::Num(1)),
+            topic: "mp/burst".into(),
+            snapshot: false,
+            since: vec![],
+        },
+    )
+    .await;
+    let (raw, _) = recv_msgpack(&mut ws).await;
+    assert_eq!(raw, json!({"op": "ok", "id": 1}));
+    let data: Vec<Value> = (0..40)
+        .map(|i| json!({"i": i, "pad": "x".repeat(i * 10)}))
+        .collect();
+    let oks = support::publish_pipelined(server.addr, "mp/burst", &data).await;
+    for (d, ok) in data.iter().zip(&oks) {
+        let (raw, frame) = recv_msgpack(&mut ws).await;
+        assert!(matches!(frame, ServerFrame::Msg { .. }), "{frame:?}");
+        assert_eq!(raw["seq"], ok["seq"]);
+        assert_eq!(&raw["data"], d);
+    }
+}
+
 #[tokio::test]
 async fn the_server_answers_the_subprotocol_it_selected() {
     let server = TestServer::start().await;

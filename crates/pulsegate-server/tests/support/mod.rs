@@ -67,3 +67,37 @@ pub fn now_micros() -> u64 {
         .expect("clock after 1970")
         .as_micros() as u64
 }
+
+/// Publishes `data` to `topic` from a fresh WebSocket connection with all
+/// `pub` frames in one write, so that the server takes them as one burst
+/// (and queues them as one run per subscriber); returns the `ok` replies,
+/// checked to be in order with consecutive `seq`s.
+pub async fn publish_pipelined(addr: SocketAddr, topic: &str, data: &[Value]) -> Vec<Value> {
+    let (status, _, mut raw) = pulsegate_testkit::raw_upgrade(addr, "/ws", &[]).await;
+    assert_eq!(status, 101);
+    assert_eq!(raw.read_json().await["op"], "welcome");
+    let frames: Vec<String> = data
+        .iter()
+        .enumerate()
+        .map(|(id, d)| json!({"op": "pub", "id": id, "topic": topic, "data": d}).to_string())
+        .collect();
+    let refs: Vec<(u8, &[u8])> = frames
+        .iter()
+        .map(|f| (pulsegate_testkit::opcode::TEXT, f.as_bytes()))
+        .collect();
+    raw.send_frames(&refs).await;
+    let mut oks: Vec<Value> = Vec::new();
+    for id in 0..data.len() {
+        let ok = raw.read_json().await;
+        assert_eq!((&ok["op"], &ok["id"]), (&json!("ok"), &json!(id)), "{ok}");
+        if let Some(prev) = oks.last() {
+            assert_eq!(
+                ok["seq"].as_u64(),
+                prev["seq"].as_u64().map(|s| s + 1),
+                "{ok}"
+            );
+        }
+        oks.push(ok);
+    }
+    oks
+}
