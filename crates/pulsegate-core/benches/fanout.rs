@@ -1,6 +1,8 @@
 //! The hot path: publish one message to a topic with N subscribers —
-//! stamp, retain, encode once, push into N outboxes. Draining the outboxes
-//! (the connection tasks' job) is excluded from the timing.
+//! stamp, retain, encode once, push into N outboxes — and a burst of 64
+//! (`Hub::publish_many`, a publisher pipelining: one run per outbox).
+//! Draining the outboxes (the connection tasks' job) is excluded from the
+//! timing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,9 +13,18 @@ use pulsegate_core::{Hub, HubConfig, Outbox, OutboxLimits, SlowConsumerPolicy};
 use pulsegate_proto::{Codec, Pattern};
 
 fn publish_fanout(c: &mut Criterion) {
-    let mut group = c.benchmark_group("publish_fanout");
+    fanout_group(c, "publish_fanout", 1, &[1, 100, 1000, 10_000]);
+}
+
+/// Bursts of 64 messages; the throughput is per message delivered.
+fn publish_burst(c: &mut Criterion) {
+    fanout_group(c, "publish_burst_64", 64, &[100, 1000, 10_000]);
+}
+
+fn fanout_group(c: &mut Criterion, name: &str, burst: usize, sizes: &[usize]) {
+    let mut group = c.benchmark_group(name);
     let payload = Bytes::from(format!("{{\"w\":1520,\"pad\":\"{}\"}}", "x".repeat(40)));
-    for &n in &[1usize, 100, 1000, 10_000] {
+    for &n in sizes {
         let hub = Hub::new(HubConfig::default());
         let pattern = Pattern::parse("site/a/power", 256).unwrap();
         let outboxes: Vec<Arc<Outbox>> = (0..n as u64)
@@ -44,7 +55,7 @@ fn publish_fanout(c: &mut Criterion) {
             }
         };
         drain(&outboxes);
-        group.throughput(Throughput::Elements(n as u64));
+        group.throughput(Throughput::Elements((n * burst) as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
@@ -53,7 +64,12 @@ fn publish_fanout(c: &mut Criterion) {
                     let chunk = (iters - done).min(64);
                     let start = Instant::now();
                     for _ in 0..chunk {
-                        hub.publish("site/a/power", payload.clone()).unwrap();
+                        if burst == 1 {
+                            hub.publish("site/a/power", payload.clone()).unwrap();
+                        } else {
+                            let data = std::iter::repeat_n(payload.clone(), burst);
+                            hub.publish_many("site/a/power", data).unwrap();
+                        }
                     }
                     spent += start.elapsed();
                     drain(&outboxes);
@@ -80,5 +96,5 @@ fn encode_msg(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, publish_fanout, encode_msg);
+criterion_group!(benches, publish_fanout, publish_burst, encode_msg);
 criterion_main!(benches);
