@@ -113,6 +113,20 @@ impl ShardedHistogram {
             .saturating_record(value_us.max(1));
     }
 
+    /// Records every value of `values_us` into the shard picked by `key`
+    /// under one lock, exactly as that many [`ShardedHistogram::record`]
+    /// calls would.
+    pub fn record_many(&self, key: usize, values_us: &[u64]) {
+        if values_us.is_empty() {
+            return;
+        }
+        let shard = &self.shards[key % self.shards.len()];
+        let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
+        for &v in values_us {
+            h.saturating_record(v.max(1));
+        }
+    }
+
     /// All shards added together.
     pub fn merged(&self) -> Histogram<u64> {
         let mut out = new_lag_histogram();
@@ -300,6 +314,27 @@ mod tests {
             LatencySummary::from_us(&new_lag_histogram()),
             LatencySummary::default()
         );
+    }
+
+    #[test]
+    fn recording_in_batches_is_recording_one_by_one() {
+        let values: Vec<u64> = (0..5000u64)
+            .map(|i| (i * 7919) % 10_000_000 + i % 3)
+            .chain([0, 1, u64::MAX, 3_600_000_001])
+            .collect();
+        let one = ShardedHistogram::new(4);
+        let many = ShardedHistogram::new(4);
+        for (k, chunk) in values.chunks(97).enumerate() {
+            for &v in chunk {
+                one.record(k, v);
+            }
+            many.record_many(k, chunk);
+        }
+        many.record_many(3, &[]);
+        let (a, b) = (one.merged(), many.merged());
+        assert_eq!(a.len(), values.len() as u64);
+        assert_eq!(a, b);
+        assert_eq!(LatencySummary::from_us(&a), LatencySummary::from_us(&b));
     }
 
     #[test]
