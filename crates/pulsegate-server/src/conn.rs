@@ -66,6 +66,15 @@ pub struct ConnMeta {
     pub client_cert: bool,
 }
 
+/// A frame a burst of `pub`s read ahead but did not take
+/// (`Conn::take_burst`); it is handled next.
+enum Held {
+    /// As read (a control frame, an error, or a frame that does not decode).
+    Frame(Option<Result<Message, WsError>>),
+    /// Decoded, with its length on the wire.
+    Request { frame: ClientFrame, len: u64 },
+}
+
 /// How a connection ended; decides the close frame and the log line.
 #[derive(Debug)]
 enum End {
@@ -511,13 +520,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         frame: Option<Result<Message, WsError>>,
         beat: &mut Heartbeat,
     ) -> Option<End> {
-        let mut frame = frame;
+        let mut next = Held::Frame(frame);
         loop {
             let mut held = None;
-            if let Some(end) = self.on_one_frame(frame, beat, &mut held).await {
-                return Some(end);
+            let end = match next {
+                Held::Frame(frame) => self.on_one_frame(frame, beat, &mut held).await,
+                Held::Request { frame, len } => {
+                    self.info.messages_in.fetch_add(1, Relaxed);
+                    self.info.bytes_in.fetch_add(len, Relaxed);
+                    self.handle_request(frame, len, &mut held).await
+                }
+            };
+            if end.is_some() {
+                return end;
             }
-            frame = Some(held?);
+            next = held?;
         }
     }
 
@@ -527,7 +544,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         &mut self,
         frame: Option<Result<Message, WsError>>,
         beat: &mut Heartbeat,
-        held: &mut Option<Result<Message, WsError>>,
+        held: &mut Option<Held>,
     ) -> Option<End> {
         let msg = match frame {
             None => return Some(End::ClientClosed(None)),
@@ -801,7 +818,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         &mut self,
         binary: bool,
         payload: &Bytes,
-        held: &mut Option<Result<Message, WsError>>,
+        held: &mut Option<Held>,
     ) -> Option<End> {
         if binary != self.codec.is_binary() {
             let want = if self.codec.is_binary() {
@@ -833,6 +850,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 return self.protocol_error(id, what, code, message);
             }
         };
+        self.handle_request(frame, len, held).await
+    }
+
+    /// A decoded request of `len` bytes on the wire.
+    async fn handle_request(
+        &mut self,
+        frame: ClientFrame,
+        len: u64,
+        held: &mut Option<Held>,
+    ) -> Option<End> {
         let kind = if matches!(frame, ClientFrame::Pub { .. }) {
             Kind::Data
         } else {
@@ -1147,7 +1174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
         &mut self,
         topic: &str,
         burst: &mut Vec<(Option<Id>, Bytes)>,
-        held: &mut Option<Result<Message, WsError>>,
+        held: &mut Option<Held>,
     ) -> Option<(Option<Id>, crate::ratelimit::Exceeded)> {
         while burst.len() < INGRESS_BURST {
             let next = self.ws.next_buffered()?;
@@ -1155,18 +1182,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Hibernate> Conn<S> {
                 Ok(Message::Text(b)) if !self.codec.is_binary() => b,
                 Ok(Message::Binary(b)) if self.codec.is_binary() => b,
                 _ => {
-                    *held = Some(next);
-                    return None;
-                }
-            };
-            let (id, data) = match self.codec.decode(&payload[..]) {
-                Ok(ClientFrame::Pub { id, topic: t, data }) if t == topic => (id, data),
-                _ => {
-                    *held = Some(next);
+                    *held = Some(Held::Frame(Some(next)));
                     return None;
                 }
             };
             let len = payload.len() as u64;
+            let Ok(frame) = self.codec.decode(&payload[..]) else {
+                // Decoded again, and answered, as the next frame.
+                *held = Some(Held::Frame(Some(next)));
+                return None;
+            };
+            let (id, data) = match frame {
+                ClientFrame::Pub { id, topic: t, data } if t == topic => (id, data),
+                other => {
+                    // Not decoded twice: a publisher that alternates topics
+                    // pays nothing for the look-ahead.
+                    *held = Some(Held::Request { frame: other, len });
+                    return None;
+                }
+            };
             self.info.messages_in.fetch_add(1, Relaxed);
             self.info.bytes_in.fetch_add(len, Relaxed);
             self.shared.metrics.received(self.codec, Kind::Data, len);
