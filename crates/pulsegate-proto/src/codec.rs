@@ -85,15 +85,92 @@ fn present<'de, D: Deserialize<'de>, De: serde::Deserializer<'de>>(
 /// surrogates): kept as raw text it would be stored, then become `null` for
 /// MessagePack subscribers and undecodable for typed clients, i.e. lost
 /// silently. Costs one parse per published message, none per subscriber.
+///
+/// The payload is walked with serde_json's own parser, as building a
+/// `serde_json::Value` would be (same number and string rules), but without
+/// building it: no allocation per publish.
 pub fn check_payload(json: &str) -> Result<(), String> {
-    let v = serde_json::from_str::<serde_json::Value>(json)
-        .map_err(|e| format!("payload not representable: {e}"))?;
-    if depth_ok(&v) {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(json);
+    Walk { depth: 0 }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| format!("payload not representable: {e}"))
+}
+
+/// Visits a JSON value the way `serde_json::Value` would be built from it,
+/// refusing what a `Value` cannot hold and nesting beyond
+/// [`MAX_PAYLOAD_DEPTH`]; keeps nothing.
+struct Walk {
+    /// Containers around this value.
+    depth: usize,
+}
+
+impl Walk {
+    fn inner<E: serde::de::Error>(&self) -> Result<Walk, E> {
+        if self.depth >= MAX_PAYLOAD_DEPTH {
+            return Err(E::custom(format_args!(
+                "nested deeper than {MAX_PAYLOAD_DEPTH} levels"
+            )));
+        }
+        Ok(Walk {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
         Ok(())
-    } else {
-        Err(format!(
-            "payload not representable: nested deeper than {MAX_PAYLOAD_DEPTH} levels"
-        ))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while seq.next_element_seed(Walk { ..inner })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        // Keys go through the same string rules (a lone surrogate is refused).
+        while map.next_key_seed(Walk { ..inner })?.is_some() {
+            map.next_value_seed(Walk { ..inner })?;
+        }
+        Ok(())
     }
 }
 
@@ -523,6 +600,66 @@ mod tests {
         assert!(Codec::MsgPack
             .decode_server(&msg(MAX_PAYLOAD_DEPTH + 1))
             .is_err());
+    }
+
+    /// What `check_payload` did before it walked without building: parse
+    /// into a `Value`, then measure its depth.
+    fn check_payload_by_value(json: &str) -> bool {
+        serde_json::from_str::<serde_json::Value>(json).is_ok_and(|v| depth_ok(&v))
+    }
+
+    #[test]
+    fn the_payload_walk_refuses_what_a_value_refuses() {
+        let nest = |d: usize, inner: &str| format!("{}{inner}{}", "[".repeat(d), "]".repeat(d));
+        let objs = |d: usize| format!("{}1{}", r#"{"k":"#.repeat(d), "}".repeat(d));
+        let cases = [
+            "1".to_string(),
+            "1e400".into(),
+            "-1e999".into(),
+            "1e-400".into(),
+            "123456789012345678901234567890".into(),
+            r#""\ud800""#.into(),
+            r#""\udc00x""#.into(),
+            r#""\ud800\udc00""#.into(),
+            r#"{"\ud800":1}"#.into(),
+            r#"{"\ud83d\ude00":[1,{"a":null}]}"#.into(),
+            r#"{"a":1,"a":2}"#.into(),
+            nest(MAX_PAYLOAD_DEPTH, "1"),
+            nest(MAX_PAYLOAD_DEPTH + 1, "1"),
+            nest(MAX_PAYLOAD_DEPTH + 5, ""),
+            objs(MAX_PAYLOAD_DEPTH),
+            objs(MAX_PAYLOAD_DEPTH + 1),
+            format!(
+                "[{},{}]",
+                nest(MAX_PAYLOAD_DEPTH - 1, ""),
+                nest(MAX_PAYLOAD_DEPTH, "")
+            ),
+            " [1, 2] ".into(),
+            "[1,]".into(),
+            "[1] x".into(),
+        ];
+        for c in &cases {
+            assert_eq!(check_payload(c).is_ok(), check_payload_by_value(c), "{c}");
+        }
+        let e = check_payload(&nest(MAX_PAYLOAD_DEPTH + 1, "")).unwrap_err();
+        assert!(e.contains("nested deeper than 126 levels"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_payload_walk_agrees_with_building_a_value(
+            tokens in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "[", "]", "{", "}", ",", ":", " ", "null", "true", "-0", "1.5e3",
+                    "1e400", "18446744073709551616", r#""k""#, r#""\ud800""#,
+                    r#""\ud800\udc00""#, r#""\u00e9""#, r#""\"""#,
+                ]),
+                0..40,
+            )
+        ) {
+            let text = tokens.concat();
+            proptest::prop_assert_eq!(check_payload(&text).is_ok(), check_payload_by_value(&text), "{}", text);
+        }
     }
 
     #[test]
