@@ -164,12 +164,14 @@ struct State {
     codec: Codec,
     items: VecDeque<Outgoing>,
     /// Frames queued beyond one per entry (runs hold several).
-    run_extra: usize,
+    /// (u32, like `forced_items`: the two share the word one counter used
+    /// to take, which keeps the outbox in its allocator size class.)
+    run_extra: u32,
     bytes: usize,
     /// Forced frames (replay, snapshot) still queued, and their bytes: they
     /// do not count against the bounds, so a recovery never trips the
     /// slow-consumer policy by itself.
-    forced_items: usize,
+    forced_items: u32,
     forced_bytes: usize,
     closed: Option<CloseReason>,
 }
@@ -190,7 +192,7 @@ impl State {
     /// Frames and bytes that count against the bounds.
     fn bounded(&self) -> (usize, usize) {
         (
-            self.items.len() + self.run_extra - self.forced_items,
+            self.items.len() + self.run_extra as usize - self.forced_items as usize,
             self.bytes - self.forced_bytes,
         )
     }
@@ -198,7 +200,7 @@ impl State {
     fn push(&mut self, item: Outgoing) {
         let len = item.len(self.codec);
         self.bytes += len;
-        self.run_extra += item.count() - 1;
+        self.run_extra += item.count() as u32 - 1;
         if item.forced() {
             self.forced_items += 1;
             self.forced_bytes += len;
@@ -227,7 +229,7 @@ impl State {
     fn forget(&mut self, item: &Outgoing) {
         let len = item.len(self.codec);
         self.bytes -= len;
-        self.run_extra -= item.count() - 1;
+        self.run_extra -= item.count() as u32 - 1;
         if item.forced() {
             self.forced_items -= 1;
             self.forced_bytes -= len;
@@ -241,7 +243,7 @@ impl State {
             return;
         }
         let items = std::mem::take(&mut self.items);
-        self.items.reserve(items.len() + self.run_extra);
+        self.items.reserve(items.len() + self.run_extra as usize);
         for item in items {
             match item {
                 Outgoing::Run(r) => self
@@ -534,7 +536,7 @@ impl Outbox {
     /// Frames and bytes queued now.
     pub fn depth(&self) -> (usize, usize) {
         let st = self.state.lock();
-        (st.items.len() + st.run_extra, st.bytes)
+        (st.items.len() + st.run_extra as usize, st.bytes)
     }
 
     fn signal(&self) {
@@ -652,6 +654,18 @@ mod tests {
         assert_eq!(seqs(&ob), vec![("b".into(), 1), ("c".into(), 1)]);
         assert_eq!(stats.drops(DropReason::Conflated), 2);
         assert_eq!(stats.drops(DropReason::QueueFull), 1);
+    }
+
+    /// Every connection keeps its outbox for life, also while it
+    /// hibernates: the `Arc` allocation must stay in jemalloc's 160-byte
+    /// class. An 8-byte counter more moved it to 192, the class of buffers
+    /// freed at hibernation, and idle memory rose by about 200 bytes per
+    /// connection (the hole effect, docs/ARCHITECTURE.md, memory).
+    #[test]
+    fn the_outbox_stays_in_its_allocator_size_class() {
+        // The Arc's allocation: two reference counts, then the outbox.
+        let allocation = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Outbox>();
+        assert!(allocation <= 160, "{allocation} bytes");
     }
 
     /// A burst gets, message by message, what single pushes would get.

@@ -1352,3 +1352,21 @@ where
     let _ = tokio::time::timeout(CLOSE_GRACE, ws.flush()).await;
     drop(slot);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection state of a plain-TCP connection is boxed once and
+    /// kept for the connection's life, also while it hibernates: it must
+    /// stay in jemalloc's 640-byte class. At 656 bytes it moved to 768, the
+    /// class of the socket's frame queue that hibernation frees, and idle
+    /// memory rose by about 200 bytes per connection (the hole effect,
+    /// docs/ARCHITECTURE.md, memory).
+    #[test]
+    fn the_connection_state_stays_in_its_allocator_size_class() {
+        type Plain = crate::io::Prefixed<tokio::net::TcpStream>;
+        let size = std::mem::size_of::<(Conn<Plain>, LoopState)>();
+        assert!(size <= 640, "{size} bytes");
+    }
+}
