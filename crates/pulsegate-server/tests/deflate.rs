@@ -212,21 +212,8 @@ impl Client {
 
     /// Sends one masked frame.
     async fn send_frame(&mut self, fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) {
-        let mut frame = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
         let mask = self.next_mask();
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = pulsegate_testkit::client_frame(fin, rsv1, opcode, mask, payload);
         // A server that already closed may reset the connection: what it
         // sent before is still read by the caller.
         let _ = timeout(STEP_TIMEOUT, self.stream.write_all(&frame))

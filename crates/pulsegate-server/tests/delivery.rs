@@ -558,17 +558,8 @@ async fn a_rate_limit_inside_a_pipelined_burst_refuses_the_rest_in_order() {
     let server = TestServer::start_with(|c| c.limits.publish_rate = 3).await;
     let (mut sub, _) = WsClient::connect(&server.ws_url()).await;
     subscribe(&mut sub, "burst/limited").await;
-    let (status, _, mut raw) = pulsegate_testkit::raw_upgrade(server.addr, "/ws", &[]).await;
-    assert_eq!(status, 101);
-    assert_eq!(raw.read_json().await["op"], "welcome");
-    let frames: Vec<String> = (0..8)
-        .map(|id| json!({"op": "pub", "id": id, "topic": "burst/limited", "data": id}).to_string())
-        .collect();
-    let refs: Vec<(u8, &[u8])> = frames
-        .iter()
-        .map(|f| (pulsegate_testkit::opcode::TEXT, f.as_bytes()))
-        .collect();
-    raw.send_frames(&refs).await;
+    let data: Vec<Value> = (0..8).map(|i| json!(i)).collect();
+    let mut raw = support::pipelined_publisher(server.addr, "burst/limited", &data).await;
     let mut ops = Vec::new();
     for id in 0..8 {
         let r = raw.read_json().await;

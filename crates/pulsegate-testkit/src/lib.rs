@@ -486,7 +486,12 @@ impl RawWs {
 
 /// One masked client frame with FIN set.
 fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x80 | opcode];
+    client_frame(true, false, opcode, [0x37, 0xfa, 0x21, 0x3d], payload)
+}
+
+/// One client frame: the FIN and RSV1 bits, the opcode, masked with `mask`.
+pub fn client_frame(fin: bool, rsv1: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
     match payload.len() {
         n if n < 126 => frame.push(0x80 | n as u8),
         n if n <= 0xffff => {
@@ -498,7 +503,6 @@ fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
             frame.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame

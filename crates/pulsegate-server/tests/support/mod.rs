@@ -68,11 +68,14 @@ pub fn now_micros() -> u64 {
         .as_micros() as u64
 }
 
-/// Publishes `data` to `topic` from a fresh WebSocket connection with all
-/// `pub` frames in one write, so that the server takes them as one burst
-/// (and queues them as one run per subscriber); returns the `ok` replies,
-/// checked to be in order with consecutive `seq`s.
-pub async fn publish_pipelined(addr: SocketAddr, topic: &str, data: &[Value]) -> Vec<Value> {
+/// A fresh WebSocket connection that has sent a `pub` of each of `data` to
+/// `topic` (ids 0, 1, …) in one write, so that the server takes them as
+/// one burst; the replies are left to the caller.
+pub async fn pipelined_publisher(
+    addr: SocketAddr,
+    topic: &str,
+    data: &[Value],
+) -> pulsegate_testkit::RawWs {
     let (status, _, mut raw) = pulsegate_testkit::raw_upgrade(addr, "/ws", &[]).await;
     assert_eq!(status, 101);
     assert_eq!(raw.read_json().await["op"], "welcome");
@@ -86,6 +89,14 @@ pub async fn publish_pipelined(addr: SocketAddr, topic: &str, data: &[Value]) ->
         .map(|f| (pulsegate_testkit::opcode::TEXT, f.as_bytes()))
         .collect();
     raw.send_frames(&refs).await;
+    raw
+}
+
+/// Publishes `data` to `topic` with [`pipelined_publisher`] (one burst,
+/// queued as one run per subscriber) and returns the `ok` replies, checked
+/// to be in order with consecutive `seq`s.
+pub async fn publish_pipelined(addr: SocketAddr, topic: &str, data: &[Value]) -> Vec<Value> {
+    let mut raw = pipelined_publisher(addr, topic, data).await;
     let mut oks: Vec<Value> = Vec::new();
     for id in 0..data.len() {
         let ok = raw.read_json().await;
