@@ -560,15 +560,18 @@ fn reserved_topic() -> Resp {
 
 /// Publishes one HTTP message and records it in the metrics.
 async fn publish(shared: &Shared, topic: &str, data: Bytes) -> Result<Arc<Message>, HubError> {
-    let size = data.len();
     let m = shared.publish(topic, data).await?;
+    count_published(shared, &m);
+    Ok(m)
+}
+
+fn count_published(shared: &Shared, m: &Message) {
     let metrics = &shared.metrics;
-    metrics.published(Source::Http, size);
+    metrics.published(Source::Http, m.data.len());
     metrics.observe(
         &metrics.publish_fanout,
         pulsegate_core::now_micros().saturating_sub(m.ts),
     );
-    Ok(m)
 }
 
 /// Counts a refused publish by the class of its HTTP status.
@@ -653,23 +656,45 @@ async fn publish_batch_inner(shared: &Shared, caller: &Caller, req: Request<Inco
         }
     }
     let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        match publish(
-            shared,
-            &item.topic,
-            Bytes::copy_from_slice(item.data.get().as_bytes()),
-        )
-        .await
-        {
-            Ok(m) => out.push(stamp(&m)),
+    let mut i = 0;
+    while i < items.len() {
+        let topic = &items[i].topic;
+        let data = |item: &Item<'_>| Bytes::copy_from_slice(item.data.get().as_bytes());
+        // Consecutive items of one topic are published as one burst (one
+        // lock, one queue entry per subscriber); in a cluster each goes
+        // through the backplane on its own.
+        let run = match shared.cluster.get() {
+            Some(_) => 1,
+            None => items[i..]
+                .iter()
+                .take_while(|it| it.topic == *topic)
+                .count(),
+        };
+        let published = if run == 1 {
+            publish(shared, topic, data(&items[i]))
+                .await
+                .map(|m| vec![m])
+        } else {
+            let msgs = shared
+                .hub
+                .publish_many(topic, items[i..i + run].iter().map(data));
+            if let Ok(msgs) = &msgs {
+                msgs.iter().for_each(|m| count_published(shared, m));
+            }
+            msgs
+        };
+        match published {
+            Ok(msgs) => out.extend(msgs.iter().map(|m| stamp(m))),
             Err(e) => {
-                // Items before `i` were published; say so explicitly.
+                // Items before `i` were published; say so explicitly (a
+                // burst is refused whole, before any of it is stamped).
                 let mut r = publish_error(e);
                 let body = json!({"error": "partial", "published": out, "failed_index": i});
                 *r.body_mut() = Full::new(Bytes::from(body.to_string()));
                 return r;
             }
         }
+        i += run;
     }
     json_response(StatusCode::OK, &Value::Array(out))
 }

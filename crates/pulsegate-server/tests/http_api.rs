@@ -50,28 +50,46 @@ async fn publish_to_a_topic_in_the_path_returns_its_stamp_and_delivers_the_body(
     );
 }
 
+/// Consecutive items of one topic are published as one burst: the stamps
+/// and the order subscribers see must be those of publishing item by item.
 #[tokio::test]
 async fn batch_publish_returns_one_stamp_per_item_in_order() {
     let server = TestServer::start().await;
-    let body = json!([
-        {"topic": "site/a/power", "data": 1},
-        {"topic": "site/b/power", "data": 2},
-        {"topic": "site/a/power", "data": 3},
-    ]);
+    let (mut sub, _) = WsClient::connect(&server.ws_url()).await;
+    subscribe(&mut sub, "site/+/power").await;
+    let topics = ["a", "a", "b", "a", "a", "a", "b", "b"];
+    let body: Vec<Value> = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"topic": format!("site/{t}/power"), "data": i}))
+        .collect();
 
-    let (status, stamps) = post_json(server.addr, "/api/publish", &body.to_string()).await;
+    let (status, stamps) = post_json(server.addr, "/api/publish", &json!(body).to_string()).await;
     assert_eq!(status, 200, "{stamps}");
-    let (ea, eb) = (stamps[0]["epoch"].clone(), stamps[1]["epoch"].clone());
-    assert_eq!(
-        stamps,
-        json!([
-            {"topic": "site/a/power", "seq": 1, "epoch": ea},
-            {"topic": "site/b/power", "seq": 1, "epoch": eb},
-            {"topic": "site/a/power", "seq": 2, "epoch": ea},
-        ])
-    );
+    let (ea, eb) = (stamps[0]["epoch"].clone(), stamps[2]["epoch"].clone());
+    let mut seqs = std::collections::HashMap::new();
+    let want: Vec<Value> = topics
+        .iter()
+        .map(|t| {
+            let seq = seqs.entry(*t).or_insert(0);
+            *seq += 1;
+            let epoch = if *t == "a" { &ea } else { &eb };
+            json!({"topic": format!("site/{t}/power"), "seq": *seq, "epoch": epoch})
+        })
+        .collect();
+    assert_eq!(stamps, json!(want));
+    for (i, stamp) in want.iter().enumerate() {
+        let m = recv_msg(&mut sub).await;
+        assert_eq!(
+            (&m["topic"], &m["seq"]),
+            (&stamp["topic"], &stamp["seq"]),
+            "{m}"
+        );
+        assert_eq!(m["data"], i, "{m}");
+    }
+    assert_nothing_queued(&mut sub).await;
     let (_, last) = get_json(server.addr, "/api/topics/site/a/power").await;
-    assert_eq!(last["data"], 3);
+    assert_eq!(last["data"], 5);
 }
 
 #[tokio::test]
@@ -362,4 +380,51 @@ async fn payloads_no_subscriber_could_decode_are_refused() {
     );
     let (_, stats) = get_json(server.addr, "/api/stats").await;
     assert_eq!(stats["published"], 0, "{stats}");
+}
+
+/// A batch the hub refuses part-way (`history.max_topics`): the items before
+/// the refused one stay published and are listed, the rest are not
+/// published, whether they came alone or as a run of one topic.
+#[tokio::test]
+async fn a_batch_refused_part_way_lists_what_was_published() {
+    let server = TestServer::start_with(|c| c.history.max_topics = 2).await;
+    let (mut sub, _) = WsClient::connect(&server.ws_url()).await;
+    subscribe(&mut sub, "cap/#").await;
+    let body = json!([
+        {"topic": "cap/a", "data": 0},
+        {"topic": "cap/a", "data": 1},
+        {"topic": "cap/b", "data": 2},
+        {"topic": "cap/b", "data": 3},
+        {"topic": "cap/c", "data": 4},
+        {"topic": "cap/c", "data": 5},
+        {"topic": "cap/a", "data": 6},
+    ]);
+    let (status, resp) = post_json(server.addr, "/api/publish", &body.to_string()).await;
+    assert_ne!(status, 200, "{resp}");
+    assert_eq!(resp["error"], "partial", "{resp}");
+    assert_eq!(resp["failed_index"], 4, "{resp}");
+    let published: Vec<(String, u64)> = resp["published"]
+        .as_array()
+        .expect("published stamps")
+        .iter()
+        .map(|s| {
+            (
+                s["topic"].as_str().unwrap().to_string(),
+                s["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = [("cap/a", 1), ("cap/a", 2), ("cap/b", 1), ("cap/b", 2)]
+        .iter()
+        .map(|(t, s)| (t.to_string(), *s))
+        .collect();
+    assert_eq!(published, want);
+    for (t, s) in &want {
+        let m = recv_msg(&mut sub).await;
+        assert_eq!(
+            (m["topic"].as_str().unwrap(), m["seq"].as_u64().unwrap()),
+            (t.as_str(), *s)
+        );
+    }
+    assert_nothing_queued(&mut sub).await;
 }
