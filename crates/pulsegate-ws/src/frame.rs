@@ -140,6 +140,10 @@ pub enum ProtocolError {
     /// A 64-bit length with the most significant bit set.
     #[error("frame length has the most significant bit set")]
     BadLength,
+    /// A length in a longer form than it needs: RFC 6455 §5.2 requires the
+    /// shortest (7 bits up to 125, 16 bits up to 65,535).
+    #[error("frame length not in its shortest form")]
+    NonMinimalLength,
     /// The message (inflated, when compressed) exceeds the limit.
     #[error("message larger than {limit} bytes")]
     MessageTooBig {
@@ -270,7 +274,11 @@ impl Decoder {
                         self.need = 4;
                         return Ok(None);
                     }
-                    (u16::from_be_bytes([src[2], src[3]]) as u64, 2)
+                    let n = u16::from_be_bytes([src[2], src[3]]);
+                    if n < 126 {
+                        return Err(ProtocolError::NonMinimalLength);
+                    }
+                    (u64::from(n), 2)
                 }
                 127 => {
                     if src.len() < 10 {
@@ -282,6 +290,9 @@ impl Decoder {
                     let n = u64::from_be_bytes(b);
                     if n >> 63 != 0 {
                         return Err(ProtocolError::BadLength);
+                    }
+                    if n <= 0xffff {
+                        return Err(ProtocolError::NonMinimalLength);
                     }
                     (n, 8)
                 }

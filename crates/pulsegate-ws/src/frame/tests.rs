@@ -700,6 +700,40 @@ fn bad_length_msb_set() {
 }
 
 #[test]
+fn lengths_must_be_in_their_shortest_form() {
+    // 16-bit form for 0..=125, 64-bit form for 0..=65,535: refused, before
+    // any payload arrives.
+    for len in [0u16, 5, 125] {
+        let mut h = vec![0x82, 0x80 | 126];
+        h.extend_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            err(&mut plain(), &h),
+            ProtocolError::NonMinimalLength,
+            "{len}"
+        );
+    }
+    for len in [0u64, 125, 126, 65_535] {
+        let mut h = vec![0x82, 0x80 | 127];
+        h.extend_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            err(&mut plain(), &h),
+            ProtocolError::NonMinimalLength,
+            "{len}"
+        );
+    }
+    // The shortest forms at the edges still decode.
+    for len in [125usize, 126, 65_535, 65_536] {
+        let payload = vec![b'x'; len];
+        let mut d = Decoder::new(1 << 20, None);
+        assert_eq!(
+            one(&mut d, &frame(TEXT, true, false, &payload)),
+            Message::Text(Bytes::from(payload.clone())),
+            "{len}"
+        );
+    }
+}
+
+#[test]
 fn largest_64_bit_length_is_too_big() {
     let mut h = vec![0x82, 0x80 | 127];
     h.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
@@ -907,6 +941,7 @@ fn close_codes_of_errors() {
         (ProtocolError::CloseTooShort, 1002),
         (ProtocolError::BadCloseCode(1005), 1002),
         (ProtocolError::BadLength, 1002),
+        (ProtocolError::NonMinimalLength, 1002),
         (ProtocolError::InvalidUtf8, 1007),
         (ProtocolError::BadCompression("x".into()), 1007),
         (ProtocolError::MessageTooBig { limit: 1 }, 1009),
